@@ -1,0 +1,3 @@
+from kubefence.cli import main
+
+raise SystemExit(main())
