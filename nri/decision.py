@@ -46,8 +46,8 @@ def is_opted_in(pod: Pod, config: PluginConfig) -> bool:
 def wrapped_profile(args: Iterable[str]) -> str | None:
     """Return the profile of args shaped `/nono/nono wrap --profile <p> -- ...`, or None.
 
-    The profile slot is returned as it is, whether or not it is a valid
-    name; a prefix with nothing after "--" does not count as wrapped.
+    The profile slot is returned as it is, valid name or not. A prefix with
+    nothing after "--" does not count as wrapped.
     """
     args = tuple(args)
     if len(args) <= _PREFIX_LENGTH:
@@ -62,8 +62,9 @@ def resolve_profile(pod: Pod, config: PluginConfig) -> tuple[str, bool, str]:
     """Return (profile, fallback, problem) for an opted-in pod.
 
     `problem` is empty when the annotation names an allowed profile. When it
-    does not, the profile is the configured default if policy says
-    "default" (and `fallback` is True), or "" if policy says "reject".
+    does not, the profile is the configured default when
+    `on_missing_profile` is "default" (and `fallback` is True), or "" when
+    it is "reject".
     """
     value = pod.annotations.get(PROFILE_ANNOTATION)
     if value is None:
@@ -125,9 +126,9 @@ def decide_create(pod: Pod, container: Container, config: PluginConfig) -> Decis
     names the problem, or inject with the changes still missing. The
     adjustment sets args in the override form `("", *prefix, *args)` so
     an earlier plugin's claim on args does not fail the create. A container
-    that already carries everything (a second plugin instance sees the
-    first one's work) gets an empty adjustment, so two instances never
-    conflict and never wrap twice.
+    that already carries everything (because a second plugin instance gets
+    the first one's changes in its request) gets an empty adjustment, so
+    two instances never conflict and never wrap twice.
     """
     if not is_opted_in(pod, config):
         return _skip_not_opted_in(pod, config)
@@ -185,9 +186,9 @@ def validate_final(pod: Pod, container: Container, config: PluginConfig) -> Deci
     """Check `container` as it will start, after all plugins' adjustments were applied.
 
     The shell builds `container` with `apply_adjustment(request container,
-    merged adjustment)`. Rejects when an opted-in container lacks the exact
-    wrapper prefix, has anything but one trusted read-only /nono, or its
-    pinned env differs; skips containers of other handlers.
+    merged adjustment)`. An opted-in container is rejected when it lacks the
+    exact wrapper prefix, has anything but one trusted read-only /nono, or
+    its pinned env differs. Containers of other handlers are skipped.
     """
     if not is_opted_in(pod, config):
         return _skip_not_opted_in(pod, config)

@@ -35,7 +35,7 @@ from collections.abc import Iterable
 
 # Home directory of wrapped workloads: inside the read-only /nono mount.
 # NOTE: the host directory does not normally contain `home`, so the
-# workload sees a HOME that does not exist and cannot be created.
+# workload gets a HOME that does not exist and cannot be created.
 NONO_HOME = "/nono/home"
 
 # Values pinned for every wrapped container, in the order they are set.
@@ -107,6 +107,6 @@ def pinned_env_problems(env: Iterable[str], profile: str) -> list[str]:
     for name, value in pinned_env(profile):
         values = [entry.split("=", 1)[1] if "=" in entry else None for entry in entries if env_key(entry) == name]
         if values != [value]:
-            shown = ", ".join(repr(item) for item in values) if values else "unset"
-            problems.append(f"{name} must be {value!r} exactly once, found {shown}")
+            found = ", ".join(repr(item) for item in values) if values else "unset"
+            problems.append(f"{name} must be {value!r} exactly once, found {found}")
     return problems

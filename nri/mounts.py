@@ -26,7 +26,7 @@ NONO_MOUNT_OPTIONS = ("rbind", "ro", "nosuid", "nodev")
 
 
 def clean_destination(destination: str) -> str:
-    """Clean a mount destination as runc sees it: relative paths are joined under "/"."""
+    """Clean a mount destination the way runc resolves it, joining relative paths under "/"."""
     return clean_path("/" + destination)
 
 
@@ -55,7 +55,7 @@ def trusted_nono_mount(host_dir: str) -> Mount:
 
 @dataclass(frozen=True)
 class NonoMountCheck:
-    """What a container's mount list means for /nono."""
+    """Result of checking a container's mounts at and below /nono."""
 
     # Reasons to reject the container; empty when the mounts can be used.
     problems: tuple[str, ...]
