@@ -495,7 +495,8 @@ def _decide_create(pod: _PodView, policy: Policy, namespace: str, pod_name: str,
     # The volume and the mounts, unless the pod already has them.
     volume_ops: list[dict[str, Any]] = []
     volume_name = _existing_trusted_volume(pod, policy)
-    if volume_name is None:
+    first_injection = volume_name is None
+    if first_injection:
         volume_name = contracts.NONO_VOLUME_NAME
         volume = {"name": volume_name, **policy.nono_volume.volume_source()}
         if pod.volumes is None:
@@ -504,10 +505,11 @@ def _decide_create(pod: _PodView, policy: Policy, namespace: str, pod_name: str,
             volume_ops.append({"op": "add", "path": "/spec/volumes/-", "value": volume})
     volume_ops += _mount_ops(pod, ("initContainers", "containers"), trusted_names, volume_name)
 
-    # The annotations. A patch that changes anything also states the
-    # profile, so the patch alone shows what the pod runs with.
+    # The annotations. The first injection (the one that adds the volume)
+    # always states the profile, so that patch alone shows what the pod
+    # runs with; later ones only correct it.
     wanted: dict[str, str] = {}
-    if ops or volume_ops or required_plugins is not None or annotations.get(contracts.PROFILE_ANNOTATION) != profile:
+    if first_injection or annotations.get(contracts.PROFILE_ANNOTATION) != profile:
         wanted[contracts.PROFILE_ANNOTATION] = profile
     if required_plugins is not None:
         wanted[contracts.REQUIRED_PLUGINS_ANNOTATION] = required_plugins
