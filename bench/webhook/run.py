@@ -113,6 +113,10 @@ class Point:
     duration_s: float
     non_2xx: int
     socket_errors: dict[str, int] = field(default_factory=dict)
+    # Server CPU time (user + system) during the run divided by the requests
+    # completed. Unlike req/s, it barely changes when other processes
+    # compete for the server's core, so it compares servers across busy runs.
+    server_cpu_us_per_request: float = 0.0
 
 
 @dataclass
@@ -217,6 +221,12 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, env=environment,
             )
+
+    def cpu_seconds(self) -> float:
+        """Return the user plus system CPU time the server has used, from /proc (10 ms resolution)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # utime and stime are fields 14 and 15 of the stat line; `fields` starts at field 3.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -482,13 +492,17 @@ def measure_server(server: str, plan: Plan, work: Path, stack: ExitStack, tls_pa
                 run_wrk(url, body_files[sample], 8, "keep-alive", plan.warmup_s)
             for connection in plan.connections:
                 for concurrency in plan.concurrency:
+                    cpu_before = process.cpu_seconds()
                     figures = run_wrk(url, body_files[sample], concurrency, connection, plan.duration_s)
+                    cpu_used = process.cpu_seconds() - cpu_before
                     point = Point(server, sample, connection, concurrency, **figures)
+                    if point.requests:
+                        point.server_cpu_us_per_request = round(cpu_used / point.requests * 1e6, 1)
                     points.append(point)
                     log(
                         f"{server:9} {sample:18} {connection:10} c={concurrency:<3} "
                         f"{point.requests_per_second:9.0f} req/s  p50 {point.latency_p50_ms:8.2f} ms  "
-                        f"p99 {point.latency_p99_ms:8.2f} ms"
+                        f"p99 {point.latency_p99_ms:8.2f} ms  CPU {point.server_cpu_us_per_request:6.0f} us/req"
                         + (f"  non-2xx {point.non_2xx}" if point.non_2xx else "")
                         + (f"  socket errors {point.socket_errors}" if any(point.socket_errors.values()) else "")
                     )
@@ -524,6 +538,9 @@ def compare(points: list[Point]) -> list[dict]:
             if ours and raw and raw.requests_per_second else None,
             "kubefence_to_go": round(ours.requests_per_second / GO_REFERENCE_RPS, 3) if ours else None,
             "raw_asgi_to_go": round(raw.requests_per_second / GO_REFERENCE_RPS, 3) if raw else None,
+            "kubefence_cpu_us_per_request": ours.server_cpu_us_per_request if ours else None,
+            "raw_asgi_cpu_us_per_request": raw.server_cpu_us_per_request if raw else None,
+            "nginx_cpu_us_per_request": ceiling.server_cpu_us_per_request if ceiling else None,
         })
     return comparisons
 
@@ -554,8 +571,8 @@ def check_targets(points: list[Point]) -> list[dict]:
 
 def markdown_table(points: list[Point]) -> str:
     lines = [
-        "| server | sample | connection | concurrency | req/s | p50 ms | p99 ms |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| server | sample | connection | concurrency | req/s | p50 ms | p99 ms | server CPU µs/req |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for point in points:
         flags = ""
@@ -563,7 +580,8 @@ def markdown_table(points: list[Point]) -> str:
             flags = f" (non-2xx {point.non_2xx}, socket errors {sum(point.socket_errors.values())})"
         lines.append(
             f"| {point.server} | {point.sample} | {point.connection} | {point.concurrency} "
-            f"| {point.requests_per_second:,.0f}{flags} | {point.latency_p50_ms:.2f} | {point.latency_p99_ms:.2f} |"
+            f"| {point.requests_per_second:,.0f}{flags} | {point.latency_p50_ms:.2f} | {point.latency_p99_ms:.2f} "
+            f"| {point.server_cpu_us_per_request:,.0f} |"
         )
     return "\n".join(lines)
 
@@ -625,6 +643,7 @@ def run(plan: Plan) -> dict:
             report["servers"].append(asdict(record))
             points.extend(server_points)
 
+    report["load_average_at_end"] = list(os.getloadavg())
     report["points"] = [asdict(point) for point in points]
     report["comparisons"] = compare(points)
     report["targets"] = check_targets(points)
