@@ -1,5 +1,6 @@
 import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -163,3 +164,53 @@ def test_elf_interpreter_not_elf(tmp_path):
     script.write_text("#!/bin/sh\n")
     with pytest.raises(ValueError, match="not an ELF file"):
         elf_interpreter(str(script))
+
+
+# A child process installs a seccomp filter that makes landlock_create_ruleset
+# fail with the given errno, then runs the real probe. The filter stays in
+# the child, so the test process keeps its normal syscalls.
+_PROBE_UNDER_FILTER = """
+import ctypes, struct, sys
+from kubefence.nri.checks import LandlockUnavailableError, landlock_abi
+
+errno_value = int(sys.argv[1])
+program = b"".join([
+    struct.pack("HBBI", 0x20, 0, 0, 0),                      # load the syscall number
+    struct.pack("HBBI", 0x15, 0, 1, 444),                    # landlock_create_ruleset?
+    struct.pack("HBBI", 0x06, 0, 0, 0x00050000 | errno_value),  # return the errno
+    struct.pack("HBBI", 0x06, 0, 0, 0x7FFF0000),             # allow everything else
+])
+buffer = ctypes.create_string_buffer(program)
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+fprog = SockFprog(4, ctypes.cast(buffer, ctypes.c_void_p))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0                       # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0     # PR_SET_SECCOMP, filter mode
+try:
+    landlock_abi()
+except LandlockUnavailableError as error:
+    print(error)
+    sys.exit(3)
+sys.exit(0)
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the filter matches the x86_64 syscall number")
+@pytest.mark.parametrize(
+    ("errno_value", "expected"),
+    [
+        pytest.param(38, "built without Landlock (ENOSYS)", id="enosys"),
+        pytest.param(95, "disabled on this kernel (EOPNOTSUPP)", id="eopnotsupp"),
+        pytest.param(1, "failed with EPERM", id="eperm"),
+    ],
+)
+def test_landlock_abi_unavailable_reported(errno_value, expected):
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE_UNDER_FILTER, str(errno_value)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 3, result.stderr
+    assert "Landlock is not available" in result.stdout
+    assert expected in result.stdout
