@@ -31,6 +31,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 NRI_PLUGIN_ID = "io.containerd.nri.v1.nri"
+# Where CRI runtime handlers live, by configuration version.
+CRI_RUNTIMES_PATH = {
+    2: ("plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes"),
+    3: ("plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes"),
+}
+# The runtime whose settings a new runc-based handler copies.
+BASE_RUNTIME = "runc"
+RUNC_RUNTIME_TYPE = "io.containerd.runc.v2"
+_HANDLER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 VALIDATOR_TABLE = "default_validator"
 DEFAULT_NRI_SOCKET = "/var/run/nri/nri.sock"
 
@@ -118,8 +127,13 @@ def infer_version(text: str) -> ContainerdVersion | None:
     return None
 
 
-def edit_config(text: str, version: ContainerdVersion) -> ConfigEdit:
+def edit_config(text: str, version: ContainerdVersion, runtime_handlers: tuple[str, ...] = ()) -> ConfigEdit:
     """Return `text` with NRI (and on containerd 2.2+ the default validator) enabled.
+
+    Each name in `runtime_handlers` that the file does not define yet becomes
+    a CRI runtime handler with the settings of the `runc` runtime (or plain
+    runc v2 when the file does not configure `runc`), so that RuntimeClasses
+    naming it work. Existing handlers are left alone.
 
     Raises UnsupportedContainerdError for containerd older than 1.7, and
     ContainerdConfigError for invalid TOML or a layout this function does not
@@ -207,6 +221,11 @@ def edit_config(text: str, version: ContainerdVersion) -> ConfigEdit:
             "unwrapped while the NRI plugin is not registered"
         )
 
+    # Step 6: runc-based runtime handlers for the opted-in RuntimeClasses.
+    for name in runtime_handlers:
+        changes += _ensure_runtime_handler(document, int(config_version), name, created)
+        edited.append((*CRI_RUNTIMES_PATH[int(config_version)], name))
+
     if _get_path(document, ("imports",)):
         warnings.append(
             f"the configuration imports {list(document['imports'])!r}; settings in those files "
@@ -228,6 +247,35 @@ def edit_config(text: str, version: ContainerdVersion) -> ConfigEdit:
     )
 
 
+def _ensure_runtime_handler(document: Any, config_version: int, name: str, created: list[Any]) -> list[str]:
+    import tomlkit
+
+    if not _HANDLER_NAME.fullmatch(name) or len(name) > 63:
+        raise ContainerdConfigError(f"invalid runtime handler name {name!r}: expected a DNS label such as nono-runc")
+    path = CRI_RUNTIMES_PATH[config_version]
+    runtimes = _ensure_table(document, path, created, holds_tables=True)
+    if name in runtimes:
+        return []
+    base = runtimes.get(BASE_RUNTIME)
+    settings = base.unwrap() if isinstance(base, dict) else {"runtime_type": RUNC_RUNTIME_TYPE}
+    if settings.get("runtime_type") != RUNC_RUNTIME_TYPE:
+        raise ContainerdConfigError(
+            f"runtime {BASE_RUNTIME!r} has runtime_type {settings.get('runtime_type')!r}, expected "
+            f"{RUNC_RUNTIME_TYPE!r}; define the runtime handler {name!r} yourself"
+        )
+    table = tomlkit.item(settings)
+    runtimes[name] = table
+    # A blank line after the new table (or its last sub-table) keeps the next section apart.
+    last = runtimes[name]
+    for value in list(last.values()):
+        if isinstance(value, dict):
+            last = value
+    last.add(tomlkit.nl())
+    where = ".".join(repr(part) if "." in part else part for part in path)
+    source = f"a copy of {BASE_RUNTIME!r}" if isinstance(base, dict) else f"runtime_type {RUNC_RUNTIME_TYPE!r}"
+    return [f"{where}.{name}: (absent) -> {source}"]
+
+
 def _parse(text: str):
     import tomlkit
     from tomlkit.exceptions import TOMLKitError
@@ -247,16 +295,17 @@ def _get_path(document: Any, keys: tuple[str, ...]) -> Any:
     return node
 
 
-def _ensure_table(parent: Any, keys: tuple[str, ...], created: list[Any], where: str = ""):
+def _ensure_table(parent: Any, keys: tuple[str, ...], created: list[Any], where: str = "", holds_tables: bool = False):
     """Return the table at `keys` under `parent`, creating standard tables on the way (appended to `created`)."""
     import tomlkit
     from tomlkit.items import InlineTable
 
     node = parent
-    for key in keys:
+    for index, key in enumerate(keys):
         where = f"{where}.{key!r}" if where else key
         if key not in node:
-            table = tomlkit.table(is_super_table=key == "plugins")
+            # Tables on the way hold only sub-tables, so they need no [header] line.
+            table = tomlkit.table(is_super_table=holds_tables or index < len(keys) - 1)
             node[key] = table
             node = node[key]
             created.append(node)

@@ -107,6 +107,16 @@ def register(subparsers) -> None:
         default=DEFAULT_CONTAINERD_ADDRESS,
         help="containerd's gRPC socket, used by --containerd-version auto (default: %(default)s)",
     )
+    parser.add_argument(
+        "--runtime-handler",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=(
+            "CRI runtime handler that must exist in containerd's config; a missing one is added as a copy "
+            "of the runc runtime (repeatable; for runc-based RuntimeClasses such as nono-runc)"
+        ),
+    )
     parser.add_argument("--no-containerd-config", action="store_true", help="leave containerd's configuration alone")
     parser.add_argument(
         "--dry-run",
@@ -127,7 +137,12 @@ def run(args: argparse.Namespace) -> int:
         # file then stops the run before anything on the node changes.
         containerd = None
         if not args.no_containerd_config:
-            containerd = plan_containerd(Path(args.containerd_config), args.containerd_version, args.containerd_address)
+            containerd = plan_containerd(
+                Path(args.containerd_config),
+                args.containerd_version,
+                args.containerd_address,
+                tuple(args.runtime_handler),
+            )
         if not args.no_binary:
             binary = install_binary(Path(args.nono_binary), Path(args.host_dir), args.nono_sha256, args.dry_run)
             report["binary"] = {"path": binary.path, "sha256": binary.sha256, "changes": list(binary.changes)}
@@ -294,7 +309,9 @@ class ContainerdPlan:
     report: dict[str, Any]
 
 
-def plan_containerd(config: Path, version_option: str, address: str) -> ContainerdPlan:
+def plan_containerd(
+    config: Path, version_option: str, address: str, runtime_handlers: tuple[str, ...] = ()
+) -> ContainerdPlan:
     """Read `config`, find the containerd version and compute the edit, without writing anything."""
     from kubefence.nri.containerd_config import ContainerdConfigError, edit_config
 
@@ -309,7 +326,7 @@ def plan_containerd(config: Path, version_option: str, address: str) -> Containe
 
     try:
         version, source = _resolve_version(version_option, address, text)
-        edit = edit_config(text, version)
+        edit = edit_config(text, version, runtime_handlers)
     except ContainerdConfigError as error:
         raise NodeSetupError(f"{config}: {error}") from None
     except ValueError as error:

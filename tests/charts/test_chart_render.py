@@ -764,6 +764,22 @@ def test_node_setup_script_arguments_parse(render, tmp_path):
     assert args.containerd_config == "/host/etc/containerd/config.toml"
     assert args.containerd_version == "2.2.2"
     assert args.containerd_address == "/host/run/containerd/containerd.sock"
+    assert args.runtime_handler == ["nono-runc"]
+
+
+@pytest.mark.parametrize(
+    ("value_name", "handlers"),
+    [("custom-runtime-classes", ["runc-sandbox", "runc-sandbox-b"]), ("kata-disabled", ["nono-runc"])],
+)
+def test_node_setup_registers_runc_handlers(render, tmp_path, value_name, handlers):
+    _, arguments = _run_setup_script(render, VALUE_SETS[value_name], tmp_path, 0)
+    parser = __import__("argparse").ArgumentParser(prog="kubefence")
+    nodesetup.register(parser.add_subparsers())
+
+    args = parser.parse_args(arguments)
+
+    # Kata handlers come from the Kata installation, so only runc-based ones are passed.
+    assert args.runtime_handler == handlers
 
 
 def test_node_setup_script_image_volume_skips_binary(render, tmp_path):

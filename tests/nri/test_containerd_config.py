@@ -7,6 +7,7 @@ import pytest
 import tomlkit
 
 from kubefence.nri.containerd_config import (
+    CRI_RUNTIMES_PATH,
     NRI_PLUGIN_ID,
     ContainerdConfigError,
     ContainerdVersion,
@@ -95,7 +96,7 @@ def test_edit_config_enables_nri(text, version, validator):
 
 @pytest.mark.parametrize(("text", "version", "validator"), EDIT_CASES)
 def test_edit_config_keeps_other_settings(text, version, validator):
-    edit = edit_config(text, version)
+    edit = edit_config(text, version, ("nono-runc",))
 
     before = _without(_plain(text), edit.edited_keys)
     after = _without(_plain(edit.text), edit.edited_keys)
@@ -105,8 +106,8 @@ def test_edit_config_keeps_other_settings(text, version, validator):
 
 @pytest.mark.parametrize(("text", "version", "validator"), EDIT_CASES)
 def test_edit_config_second_run_is_no_op(text, version, validator):
-    first = edit_config(text, version)
-    second = edit_config(first.text, version)
+    first = edit_config(text, version, ("nono-runc",))
+    second = edit_config(first.text, version, ("nono-runc",))
 
     assert second.changes == ()
     assert not second.changed
@@ -277,3 +278,60 @@ def test_containerd_version_parse_invalid_raises(text):
 )
 def test_infer_version(text, expected):
     assert infer_version(text) == expected
+
+
+def _runtimes(text: str) -> dict:
+    document = _plain(text)
+    path = CRI_RUNTIMES_PATH[document["version"]]
+    for key in path:
+        document = document[key]
+    return document
+
+
+@pytest.mark.parametrize(("text", "version", "validator"), EDIT_CASES)
+def test_edit_config_adds_runtime_handler(text, version, validator):
+    edit = edit_config(text, version, ("nono-runc",))
+
+    runtimes = _runtimes(edit.text)
+    if "runc" in runtimes:
+        assert runtimes["nono-runc"] == runtimes["runc"]
+    else:
+        assert runtimes["nono-runc"] == {"runtime_type": "io.containerd.runc.v2"}
+    assert any("runtimes.nono-runc: (absent) ->" in change for change in edit.changes)
+
+
+def test_edit_config_copies_systemd_cgroup_setting():
+    text = CONFIG_2_2.replace("SystemdCgroup = false", "SystemdCgroup = true")
+
+    edit = edit_config(text, V2_2, ("nono-runc",))
+
+    assert _runtimes(edit.text)["nono-runc"]["options"]["SystemdCgroup"] is True
+
+
+def test_edit_config_keeps_existing_runtime_handler():
+    text = CONFIG_2_2 + (
+        "\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.nono-runc]\n"
+        "  runtime_type = 'io.containerd.runc.v2'\n  snapshotter = 'native'\n"
+    )
+
+    edit = edit_config(text, V2_2, ("nono-runc",))
+
+    assert _runtimes(edit.text)["nono-runc"] == {"runtime_type": "io.containerd.runc.v2", "snapshotter": "native"}
+    assert not any("nono-runc" in change for change in edit.changes)
+
+
+@pytest.mark.parametrize("name", ["Nono", "nono_runc", "-nono", "x" * 64], ids=["upper", "underscore", "dash", "long"])
+def test_edit_config_invalid_handler_name_raises(name):
+    with pytest.raises(ContainerdConfigError) as caught:
+        edit_config(CONFIG_2_2, V2_2, (name,))
+
+    assert f"invalid runtime handler name {name!r}" in str(caught.value)
+
+
+def test_edit_config_non_runc_base_raises():
+    text = CONFIG_2_2.replace("runtime_type = 'io.containerd.runc.v2'", "runtime_type = 'io.containerd.kata.v2'")
+
+    with pytest.raises(ContainerdConfigError) as caught:
+        edit_config(text, V2_2, ("nono-runc",))
+
+    assert "runtime 'runc' has runtime_type 'io.containerd.kata.v2'" in str(caught.value)

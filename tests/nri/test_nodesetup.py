@@ -397,3 +397,22 @@ def test_node_setup_binary_only(capsys, node):
     assert report["restart_needed"] is False
     assert report["binary"]["sha256"] == NONO_SHA256
     assert not (node / "etc-containerd" / "config.toml").exists()
+
+
+@needs_root
+def test_node_setup_runtime_handler_added_once(capsys, node):
+    arguments = _arguments(node, "config-v2.2.2-default.toml", "2.2.2", "--runtime-handler", "nono-runc")
+
+    code, report = _run(capsys, *arguments)
+    again_code, again = _run(capsys, *arguments)
+
+    assert code == nodesetup.EXIT_RESTART_NEEDED
+    assert "plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.nono-runc: (absent) -> a copy of 'runc'" in (
+        report["containerd"]["changes"]
+    )
+    runtimes = tomlkit.parse((node / "etc-containerd" / "config.toml").read_text()).unwrap()["plugins"][
+        "io.containerd.cri.v1.runtime"
+    ]["containerd"]["runtimes"]
+    assert runtimes["nono-runc"] == runtimes["runc"]
+    assert again_code == nodesetup.EXIT_OK
+    assert again["containerd"]["changes"] == []
