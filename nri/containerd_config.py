@@ -6,8 +6,10 @@ the caller decides about backups, writing and restarts. The edit goes
 through tomlkit, which keeps every other key, comment and the file's
 layout.
 
-What each containerd release supports (containerd sources and release
-notes, checked for 1.6, 1.7, 2.0 and 2.2):
+What each containerd release supports. Sources: the `containerd config
+default` output of 1.6.20, 1.7.24 and 2.2.2 (tests/data/containerd), and
+containerd's internal/nri/config.go and containerd/nri's
+plugins/default-validator on their main branches.
 
 * 1.6 has no NRI at all: the file is left alone and the caller gets an
   `UnsupportedContainerdError`.
@@ -15,6 +17,8 @@ notes, checked for 1.6, 1.7, 2.0 and 2.2):
   validator: NRI is enabled, but `required-plugins` annotations are not
   enforced.
 * 2.0 and 2.1 enable NRI by default and have no default validator.
+  NOTE: taken from the 2.2 release being the first with the validator;
+  the 2.0 and 2.1 sources were not read.
 * 2.2 adds the builtin default validator under
   `[plugins."io.containerd.nri.v1.nri".default_validator]`, off by default.
   Its key `enable` turns it on; it then rejects the containers of a pod
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 NRI_PLUGIN_ID = "io.containerd.nri.v1.nri"
-# Where CRI runtime handlers live, by configuration version.
+# Location of the CRI runtime handler tables, by configuration version.
 CRI_RUNTIMES_PATH = {
     2: ("plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes"),
     3: ("plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes"),

@@ -43,7 +43,7 @@ EXIT_RESTART_NEEDED = 3
 
 DEFAULT_CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 DEFAULT_CONTAINERD_ADDRESS = "/run/containerd/containerd.sock"
-# Where Dockerfile.nri puts the checked nono release binary.
+# Path of the checked nono release binary in the Dockerfile.nri image.
 DEFAULT_NONO_SOURCE = "/usr/local/libexec/kubefence/nono"
 BINARY_NAME = "nono"
 BINARY_MODE = 0o755
@@ -73,28 +73,32 @@ def register(subparsers) -> None:
             "when no containerd restart is needed, 3 when containerd must be restarted, 1 on failure."
         ),
     )
-    parser.add_argument(
+
+    binary = parser.add_argument_group("nono binary")
+    binary.add_argument(
         "--host-dir",
         default=contracts.DEFAULT_HOST_DIR,
         help="trusted directory that receives the nono binary (default: %(default)s)",
     )
-    parser.add_argument(
+    binary.add_argument(
         "--nono-binary",
         default=DEFAULT_NONO_SOURCE,
         help="nono binary to install (default: %(default)s, where the NRI image ships it)",
     )
-    parser.add_argument(
+    binary.add_argument(
         "--nono-sha256",
         default="",
         help="expected SHA-256 of the nono binary as 64 hex digits; installation fails on a mismatch",
     )
-    parser.add_argument("--no-binary", action="store_true", help="skip installing the nono binary")
-    parser.add_argument(
+    binary.add_argument("--no-binary", action="store_true", help="skip installing the nono binary")
+
+    containerd = parser.add_argument_group("containerd")
+    containerd.add_argument(
         "--containerd-config",
         default=DEFAULT_CONTAINERD_CONFIG,
         help="containerd configuration file to edit (default: %(default)s)",
     )
-    parser.add_argument(
+    containerd.add_argument(
         "--containerd-version",
         default="auto",
         help=(
@@ -102,12 +106,12 @@ def register(subparsers) -> None:
             "over --containerd-address and falls back to what the config file shows (default: %(default)s)"
         ),
     )
-    parser.add_argument(
+    containerd.add_argument(
         "--containerd-address",
         default=DEFAULT_CONTAINERD_ADDRESS,
         help="containerd's gRPC socket, used by --containerd-version auto (default: %(default)s)",
     )
-    parser.add_argument(
+    containerd.add_argument(
         "--runtime-handler",
         action="append",
         default=[],
@@ -117,7 +121,8 @@ def register(subparsers) -> None:
             "of the runc runtime (repeatable; for runc-based RuntimeClasses such as nono-runc)"
         ),
     )
-    parser.add_argument("--no-containerd-config", action="store_true", help="leave containerd's configuration alone")
+    containerd.add_argument("--no-containerd-config", action="store_true", help="leave containerd's configuration alone")
+
     parser.add_argument(
         "--dry-run",
         action="store_true",

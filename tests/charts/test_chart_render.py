@@ -285,7 +285,7 @@ def test_match_condition_ephemeral_update_sees_pod(render):
     assert _match(condition["expression"], pod_spec, "agents") is True
 
 
-def test_cert_manager_mode_uses_inject_annotation_and_no_hook(render):
+def test_cert_manager_mode_injects_ca(render):
     rendered = render({"certManager": {"enabled": True}})
 
     configuration = rendered.one("MutatingWebhookConfiguration")

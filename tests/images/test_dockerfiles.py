@@ -167,7 +167,7 @@ def test_webhook_image_runs_as_non_root():
     assert int(uid) != 0
 
 
-def test_nri_image_ships_nono_where_node_setup_reads_it():
+def test_nri_image_nono_path():
     copies = _instructions(_parse("Dockerfile.nri"), "COPY")
 
     assert f"--from=nono /out/nono {nodesetup.DEFAULT_NONO_SOURCE}" in copies
