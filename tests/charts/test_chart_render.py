@@ -416,6 +416,10 @@ def test_webhook_deployment_hardening(render):
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert set(container["resources"]) == {"requests", "limits"}
+    # Pod Security "restricted" also asks for a seccomp profile and no host access.
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert all("hostPath" not in volume for volume in spec["volumes"])
+    assert not any(spec.get(key) for key in ("hostPID", "hostIPC", "hostNetwork"))
     anti_affinity = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
     assert anti_affinity["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
     assert anti_affinity["podAffinityTerm"]["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
@@ -830,6 +834,7 @@ def test_notes_warnings_come_first(render):
 def test_notes_verification_commands(render):
     notes = render().notes
 
+    assert "kubectl label namespace kubefence-system pod-security.kubernetes.io/enforce=privileged" in notes
     assert "kubectl -n kubefence-system rollout status deployment/kf-kubefence-webhook" in notes
     assert '"runtimeClassName":"nono-runc"' in notes
     assert "nono\\.sh/profile" in notes

@@ -8,10 +8,8 @@ because Kubernetes label values and DNS labels allow no more.
 
 {{/*
 kubefence.fullname: the prefix of every object name. Cut to 47 characters so
-that with the longest suffix this chart adds ("-webhook-selfsigned", 19
-characters, on a cert-manager Issuer) a Service or pod name prefix still
-fits the 63 characters of a DNS label... the Issuer name itself may be
-longer, since it is not a label.
+that the Service name (this prefix and "-webhook") stays within the 63
+characters of a DNS label, with room to spare for the other suffixes.
 */}}
 {{- define "kubefence.fullname" -}}
 {{- if .Values.fullnameOverride }}
