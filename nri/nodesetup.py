@@ -18,6 +18,9 @@ The command prints one JSON report on stdout and exits with:
 * 1: failed (invalid TOML, unsupported containerd, digest mismatch, I/O
   error); nothing was changed on the node by the failing step.
 
+`--dry-run` changes nothing and exits with the code the real run would
+return.
+
 Known limitations: only containerd is configured (CRI-O keeps NRI settings
 in its own files), and configuration files that containerd imports are
 reported but not edited.
@@ -126,7 +129,10 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="change nothing; print the report (with the config diff in its 'diff' field) and the diff on stderr",
+        help=(
+            "change nothing and exit with the code a real run would return; print the report "
+            "(with the config diff in its 'diff' field) and the diff on stderr"
+        ),
     )
     parser.set_defaults(func=run)
 

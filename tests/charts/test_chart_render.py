@@ -6,6 +6,7 @@ kubernetes-validate ships only the built-in Kubernetes schemas.
 """
 
 import os
+import re
 import stat
 import subprocess
 import tomllib
@@ -22,6 +23,7 @@ from kubefence.nri import nodesetup
 KUBERNETES_VERSION = "1.33.0"
 NAMESPACE = "kubefence-system"
 CHART = "charts/kubefence"
+CHART_ROOT = __import__("pathlib").Path(__file__).resolve().parents[2] / CHART
 
 DEFAULT_PROFILES = ("default", "claude-code", "codex", "opencode", "openclaw", "swival")
 
@@ -839,3 +841,55 @@ def test_notes_verification_commands(render):
     assert '"runtimeClassName":"nono-runc"' in notes
     assert "nono\\.sh/profile" in notes
     assert "kubectl logs kubefence-check" in notes
+
+
+# --- values.yaml documentation ------------------------------------------------------------
+
+
+# Kubernetes structures whose fields the comment on the parent key covers.
+_KUBERNETES_VALUE_KEYS = {"resources", "nodeSelector", "tolerations", "podAnnotations"}
+_KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<item>- )?(?P<key>[A-Za-z][A-Za-z0-9_.-]*):")
+
+
+def _undocumented_keys(text: str) -> list[str]:
+    """Return the dotted paths of values.yaml keys without a comment line right above them.
+
+    Keys inside Kubernetes structures (resources, tolerations, ...) are
+    covered by their parent's comment, and keys of later list items by the
+    same key's comment in the first item.
+    """
+    missing = []
+    stack: list[tuple[int, str]] = []
+    documented_paths: set[str] = set()
+    previous = ""
+    for line in text.splitlines():
+        match = _KEY_LINE.match(line)
+        if match:
+            indent = len(match["indent"]) + (2 if match["item"] else 0)
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            path = ".".join([key for _, key in stack] + [match["key"]])
+            inside_kubernetes = any(key in _KUBERNETES_VALUE_KEYS for _, key in stack)
+            commented = previous.lstrip().startswith("#")
+            # A path seen twice is a key of a later list item.
+            if commented:
+                documented_paths.add(path)
+            elif not inside_kubernetes and path not in documented_paths:
+                missing.append(path)
+            stack.append((indent, match["key"]))
+        if line.strip():
+            previous = line
+    return missing
+
+
+def test_values_every_key_commented():
+    text = (CHART_ROOT / "values.yaml").read_text()
+
+    assert _undocumented_keys(text) == []
+
+
+def test_values_comment_check_finds_gap():
+    """Shows the check above can fail."""
+    text = "# Documented.\nimage:\n  # Documented.\n  tag: x\n  pullPolicy: Always\n"
+
+    assert _undocumented_keys(text) == ["image.pullPolicy"]
