@@ -146,6 +146,35 @@ def test_schema_invalid_value_fails_render(render, values):
         render(values)
 
 
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"policy": {"defaultProfile": "codex", "allowedProfiles": ["default"]}}, 'policy.defaultProfile: "codex" is not in'),
+        (
+            {"policy": {"namespaces": [{"match": "ci", "defaultProfile": "swival"}], "allowedProfiles": ["default"]}},
+            'policy.namespaces[0]: default profile "swival" is not in',
+        ),
+        (
+            {"policy": {"namespaces": [{"match": "ci", "allowedProfiles": ["codex"]}]}},
+            'policy.namespaces[0]: default profile "default" is not in',
+        ),
+        (
+            {"runtimeClasses": [
+                {"name": "a", "handler": "a", "kata": False, "create": True},
+                {"name": "a", "handler": "b", "kata": False, "create": True},
+            ]},
+            "runtimeClasses: duplicate name",
+        ),
+    ],
+    ids=["default-not-allowed", "rule-default-not-allowed", "rule-allowed-excludes-default", "duplicate-class"],
+)
+def test_policy_invalid_combination_fails_render(render, values, message):
+    with pytest.raises(HelmRenderError) as caught:
+        render(values)
+
+    assert message in str(caught.value)
+
+
 def test_image_volume_without_reference_fails(render):
     with pytest.raises(HelmRenderError) as caught:
         render({"nonoVolume": {"type": "image"}})

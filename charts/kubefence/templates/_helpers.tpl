@@ -154,6 +154,20 @@ kubefence.common.policy.load_policy reads.
 {{- $kata = append $kata .name }}
 {{- end }}
 {{- end }}
+{{- /* Checks the policy loader would make, so a bad value fails the install instead of the webhook pods. */}}
+{{- if ne (len $names) (len (uniq $names)) }}
+{{- fail (printf "runtimeClasses: duplicate name in %v" $names) }}
+{{- end }}
+{{- if not (has .Values.policy.defaultProfile .Values.policy.allowedProfiles) }}
+{{- fail (printf "policy.defaultProfile: %q is not in policy.allowedProfiles %v" .Values.policy.defaultProfile .Values.policy.allowedProfiles) }}
+{{- end }}
+{{- range $index, $rule := .Values.policy.namespaces }}
+{{- $allowed := $rule.allowedProfiles | default $.Values.policy.allowedProfiles }}
+{{- $default := $rule.defaultProfile | default $.Values.policy.defaultProfile }}
+{{- if not (has $default $allowed) }}
+{{- fail (printf "policy.namespaces[%d]: default profile %q is not in the allowed profiles %v" $index $default $allowed) }}
+{{- end }}
+{{- end }}
 {{- $volume := dict "hostPath" (dict "path" .Values.hostDir "type" "Directory") }}
 {{- if eq .Values.nonoVolume.type "image" }}
 {{- if not .Values.nonoVolume.image.reference }}
