@@ -447,7 +447,7 @@ def test_webhook_deployment_hardening(render):
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert set(container["resources"]) == {"requests", "limits"}
-    # Pod Security "restricted" also asks for a seccomp profile and no host access.
+    # Pod Security "restricted" also requires a seccomp profile and no host access.
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert all("hostPath" not in volume for volume in spec["volumes"])
     assert not any(spec.get(key) for key in ("hostPID", "hostIPC", "hostNetwork"))
