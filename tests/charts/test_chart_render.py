@@ -36,6 +36,7 @@ ENFORCED_NAMESPACES = [
     {"match": "agents-*", "defaultProfile": "swival", "allowedProfiles": ["swival"], "enforce": True},
     {"match": "ci", "enforce": True},
     {"match": "tenant-?", "allowedProfiles": ["default", "codex"]},
+    {"match": "team-[!x]", "enforce": True},
 ]
 
 # Value sets the chart must render, lint and validate with. Each id names the toggled value.
@@ -294,6 +295,9 @@ MATCH_CASES = [
     # Matched by a rule without enforce: only an opted-in class reaches the webhook.
     ("enforced-namespaces", {}, "tenant-a", False),
     ("enforced-namespaces", {"runtimeClassName": "nono-runc"}, "tenant-a", True),
+    ("enforced-namespaces", {}, "team-a", True),
+    ("enforced-namespaces", {}, "team-x", False),
+    ("enforced-namespaces", {}, "team-ab", False),
 ]
 
 
@@ -524,6 +528,7 @@ EXPECTED_POLICIES = {
             NamespaceRule(match="agents-*", default_profile="swival", allowed_profiles=("swival",), enforce=True),
             NamespaceRule(match="ci", enforce=True),
             NamespaceRule(match="tenant-?", allowed_profiles=("default", "codex")),
+            NamespaceRule(match="team-[!x]", enforce=True),
         )
     ),
     "node-components-disabled": Policy(),
