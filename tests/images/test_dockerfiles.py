@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,38 @@ def test_hadolint_rejects_bad_dockerfile(tmp_path, dockerfile, rule):
 
     assert result.returncode != 0
     assert rule in result.stdout
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_build_context_builds_wheel(name, tmp_path):
+    """Build the package from exactly what the build stage copies, as `pip install .` there would."""
+    parser = _parse(name)
+    build_stage = next(stage for stage in _stages(parser) if stage[0]["value"].endswith(" AS build"))
+    context = tmp_path / "src"
+    context.mkdir()
+    for item in build_stage:
+        if item["instruction"] != "COPY":
+            continue
+        for source in item["value"].split()[:-1]:
+            origin = ROOT / source
+            if origin.is_dir():
+                shutil.copytree(origin, context / source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            else:
+                shutil.copy(origin, context / source)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), "."],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert result.returncode == 0, result.stderr
+    [wheel] = (tmp_path / "dist").glob("kubefence-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    assert "kubefence = kubefence.cli:main" in entry_points
+    for module in ("kubefence/cli.py", "kubefence/nri/nodesetup.py", "kubefence/common/default-policy.yaml"):
+        assert module in names
