@@ -927,3 +927,31 @@ def test_values_comment_check_finds_gap():
     text = "# Documented.\nimage:\n  # Documented.\n  tag: x\n  pullPolicy: Always\n"
 
     assert _undocumented_keys(text) == ["image.pullPolicy"]
+
+
+# --- command lines against the kubefence CLI ------------------------------------------------
+
+
+def _kubefence_parser():
+    from kubefence import cli
+
+    try:
+        return cli.build_parser()
+    except ModuleNotFoundError as error:
+        pytest.skip(f"a subcommand module of kubefence.cli is not in this tree yet: {error.name}")
+
+
+@pytest.mark.parametrize(
+    ("kind", "suffix", "container"),
+    [("Deployment", "-webhook", "webhook"), ("Job", "-certs", "certs"), ("DaemonSet", "-nri", "nri-plugin")],
+    ids=["webhook", "certs-ensure", "nri"],
+)
+def test_chart_command_lines_parse(render, kind, suffix, container):
+    """Every command the chart runs parses with the real kubefence CLI (once all subcommands are present)."""
+    spec = render().one(kind, suffix)["spec"]["template"]["spec"]
+    arguments = _container(spec, container)["args"]
+    parser = _kubefence_parser()
+
+    args = parser.parse_args(arguments)
+
+    assert callable(args.func)
