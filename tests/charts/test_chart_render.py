@@ -5,6 +5,7 @@ pinned release. cert-manager objects are skipped there, because
 kubernetes-validate ships only the built-in Kubernetes schemas.
 """
 
+import json
 import os
 import re
 import stat
@@ -955,3 +956,27 @@ def test_chart_command_lines_parse(render, kind, suffix, container):
     args = parser.parse_args(arguments)
 
     assert callable(args.func)
+
+
+# Values that are maps with free keys (label-like); their values must be strings.
+_FREE_KEY_MAPS = {"webhook.nodeSelector", "webhook.podAnnotations", "nri.nodeSelector", "nodeSetup.nodeSelector"}
+
+
+def _object_schemas(schema: dict, path: str = ""):
+    """Yield (dotted path, schema) for every object schema in a values schema."""
+    if schema.get("type") == "object":
+        yield path, schema
+        for key, child in schema.get("properties", {}).items():
+            yield from _object_schemas(child, f"{path}.{key}" if path else key)
+    if schema.get("type") == "array":
+        yield from _object_schemas(schema.get("items", {}), f"{path}[]")
+
+
+def test_values_schema_closes_every_object():
+    schema = json.loads((CHART_ROOT / "values.schema.json").read_text())
+
+    for path, node in _object_schemas(schema):
+        if path in _FREE_KEY_MAPS:
+            assert node["additionalProperties"] == {"type": "string"}, path
+        else:
+            assert node["additionalProperties"] is False, path
