@@ -177,6 +177,13 @@ def test_policy_invalid_combination_fails_render(render, values, message):
     assert message in str(caught.value)
 
 
+def test_pdb_min_available_below_replicas(render):
+    with pytest.raises(HelmRenderError) as caught:
+        render({"webhook": {"replicas": 1}})
+
+    assert "webhook.minAvailable (1) must be lower than webhook.replicas (1)" in str(caught.value)
+
+
 def test_image_volume_without_reference_fails(render):
     with pytest.raises(HelmRenderError) as caught:
         render({"nonoVolume": {"type": "image"}})
@@ -873,7 +880,7 @@ def test_notes_verification_commands(render):
 
     assert "kubectl label namespace kubefence-system pod-security.kubernetes.io/enforce=privileged" in notes
     assert "kubectl -n kubefence-system rollout status deployment/kf-kubefence-webhook" in notes
-    assert '"runtimeClassName":"nono-runc"' in notes
+    assert """--overrides='{"apiVersion":"v1","spec":{"runtimeClassName":"nono-runc"}}'""" in notes
     assert "nono\\.sh/profile" in notes
     assert "kubectl logs kubefence-check" in notes
 
