@@ -140,8 +140,10 @@ def test_schema_unknown_key_fails_render(render, values):
         {"certs": {"rotate": "everything"}},
         {"nodeSetup": {"nonoSha256": "abc"}},
         {"nri": {"pluginIndex": "1"}},
+        {"hostDir": "/opt/nono nri"},
+        {"nodeSetup": {"containerdConfig": "/etc/containerd/../x.toml; reboot"}},
     ],
-    ids=["profile-flag", "timeout-above-30", "rotate-unknown", "short-digest", "one-digit-index"],
+    ids=["profile-flag", "timeout-above-30", "rotate-unknown", "short-digest", "one-digit-index", "path-space", "path-shell"],
 )
 def test_schema_invalid_value_fails_render(render, values):
     with pytest.raises(HelmValuesError):
@@ -650,9 +652,9 @@ def test_nri_config_optional_keys(render):
 
 
 def test_nri_config_escapes_strings(render):
-    config = _nri_config(render({"nri": {"stateDir": '/var/lib/kf "state"'}}))
+    config = _nri_config(render({"nri": {"seccompProfile": 'profile "quoted" \\ back'}}))
 
-    assert config["state_dir"] == '/var/lib/kf "state"'
+    assert config["seccomp_profile"] == 'profile "quoted" \\ back'
 
 
 def test_nri_daemonset_never_overlaps(render):
