@@ -141,7 +141,7 @@ def test_edit_config_changes_only_expected_lines_1_7():
     assert differing == [("    disable = true", "    disable = false")]
 
 
-def test_edit_config_1_7_warns_required_plugins_not_enforced():
+def test_edit_config_1_7_warns_unenforced():
     edit = edit_config(CONFIG_1_7, V1_7)
 
     assert not edit.required_plugins_enforced
