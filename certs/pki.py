@@ -111,6 +111,8 @@ def generate_serving(
         raise ValueError("a serving certificate needs at least one DNS name or IP address")
     now = now or _now()
     ca_cert = ca.certificate
+    if not is_ca(ca_cert):
+        raise CertificateError("the issuing certificate is not a CA (basicConstraints CA:TRUE with keyCertSign is required)")
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     key = generate_key(key_type)
     alt_names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
