@@ -157,7 +157,12 @@ class _Notes:
 
 
 def plan(state: ClusterState, options: EnsureOptions, now: datetime.datetime) -> Plan:
-    """Decide the CAs, the serving pair and the writes for one run of `kubefence certs ensure`."""
+    """Decide the CAs, the serving pair and the writes for one run of `kubefence certs ensure`.
+
+    `now` must be timezone-aware; certificate times are compared in UTC.
+    """
+    if now.tzinfo is None:
+        raise ValueError(f"invalid time {now!r}: expected a timezone-aware datetime")
     notes = _Notes()
     ca_data = state.ca_secret.data if state.ca_secret else {}
 
