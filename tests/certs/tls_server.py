@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 import uvicorn
+import uvloop
 
 from kubefence.certs.reload import CertificateReloader
 
@@ -118,7 +119,8 @@ class TlsServer:
         return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(10)
 
     def _thread_main(self) -> None:
-        asyncio.run(self._main())
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(self._main())
 
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
