@@ -1,8 +1,8 @@
 """The I/O shell of `kubefence certs ensure`: read, plan, write with optimistic concurrency.
 
 One attempt reads the CA Secret, the serving Secret and the webhook
-configuration, calls the pure `plan`, generates what the plan asks for, and
-writes in this order:
+configuration, calls the pure `plan`, generates the keys the plan requests,
+and writes in this order:
 
 1. the CA Secret (the new bundle and any new CA),
 2. the caBundle of every webhook of the configuration,
@@ -153,7 +153,7 @@ class KubeObjects:
             _content_type="application/json-patch+json",
         )
 
-    def _call(self, what: str, function, *args, missing_ok: bool = False, **kwargs):
+    def _call(self, action: str, function, *args, missing_ok: bool = False, **kwargs):
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
@@ -163,10 +163,10 @@ class KubeObjects:
             if error.status == 404 and missing_ok:
                 return None
             if error.status == 409:
-                raise ConflictError(f"{what}: {_status_message(error)}") from None
-            raise EnsureError(f"{what} failed: HTTP {error.status} {_status_message(error)}") from None
+                raise ConflictError(f"{action}: {_status_message(error)}") from None
+            raise EnsureError(f"{action} failed: HTTP {error.status} {_status_message(error)}") from None
         except (OSError, HTTPError) as error:
-            raise EnsureError(f"{what} failed: {error}") from None
+            raise EnsureError(f"{action} failed: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,7 @@ def ensure(
 
 def _apply(objects: KubeObjects, options: EnsureOptions, state: ClusterState, decided: Plan, material: Material) -> None:
     namespace = options.namespace
-    # 1. The CA Secret: the bundle must be stored before anyone is told to trust it.
+    # 1. The CA Secret: the bundle is stored before any client is configured to trust it.
     if decided.write_ca_secret:
         _write_secret(objects, namespace, options.ca_secret, state.ca_secret, decided.ca_secret_type, material.ca_secret_data)
     # 2. The caBundle: clients trust the new CAs before any pod can serve a certificate from them.
@@ -268,7 +268,7 @@ def _encode(data: dict[str, bytes]) -> dict[str, str]:
 
 
 def _status_message(error) -> str:
-    """The message of the Status object in an API error body, or the HTTP reason."""
+    """Return the message of the Status object in an API error body, or the HTTP reason."""
     try:
         return str(orjson.loads(error.body).get("message") or error.reason)
     except (orjson.JSONDecodeError, TypeError, AttributeError):

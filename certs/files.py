@@ -26,7 +26,7 @@ def write_files(directory: str | os.PathLike, files: dict[str, tuple[bytes, int]
     if not force:
         existing = [str(path) for path in paths.values() if path.exists() or path.is_symlink()]
         if existing:
-            raise OutputExistsError(f"refusing to overwrite {', '.join(existing)}; pass --force to replace them")
+            raise OutputExistsError(f"not overwriting existing {', '.join(existing)}; pass --force to replace them")
     written = []
     for name, (content, mode) in files.items():
         path = paths[name]
@@ -41,7 +41,7 @@ def write_files(directory: str | os.PathLike, files: dict[str, tuple[bytes, int]
 
 
 def _create(path: Path, content: bytes, mode: int) -> None:
-    # O_EXCL also refuses a symlink planted at the path.
+    # O_EXCL also fails on a symlink planted at the path, so it is never followed.
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(descriptor, "wb") as file:

@@ -1,4 +1,4 @@
-"""Turn a `Plan` into the bytes to write: generate the keys it asks for and fill both Secrets."""
+"""Turn a `Plan` into the bytes to write: generate the keys it requests and fill both Secrets."""
 
 import datetime
 from dataclasses import dataclass
@@ -20,7 +20,7 @@ class Material:
 
 
 def materialize(plan: Plan, now: datetime.datetime) -> Material:
-    """Generate the CAs and the serving pair that `plan` holds as placeholders (no I/O, but random keys)."""
+    """Generate the CAs and the serving pair that `plan` contains as placeholders (no I/O, but random keys)."""
     active = _ca(plan.active_ca, now)
     pending = _ca(plan.pending_ca, now) if plan.pending_ca is not None else None
     leaf = plan.leaf

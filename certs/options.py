@@ -11,8 +11,8 @@ ROTATE_CHOICES = ("none", "leaf", "ca")
 _DURATION_PART = re.compile(r"(\d+)(d|h|m|s)")
 _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
-# Object name rules of the Kubernetes API: a Secret or webhook configuration
-# name is a DNS-1123 subdomain; a Service or namespace name is a DNS-1123 label.
+# Object name rules of the Kubernetes API. A Secret or webhook configuration
+# name is a DNS-1123 subdomain. A Service or namespace name is a DNS-1123 label.
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
@@ -47,7 +47,7 @@ def format_duration(value: datetime.timedelta) -> str:
 
 @dataclass(frozen=True)
 class EnsureOptions:
-    """What `kubefence certs ensure` manages and how."""
+    """Settings of one `kubefence certs ensure` run: the objects it manages and the rotation policy."""
 
     namespace: str
     """Namespace of the Service and of both Secrets."""
@@ -92,10 +92,12 @@ class EnsureOptions:
             problems.append(f"--webhook-config: invalid name {self.webhook_config!r}; expected a DNS-1123 subdomain")
         if not _valid_subdomain(self.cluster_domain):
             problems.append(f"--cluster-domain: invalid domain {self.cluster_domain!r}; expected a DNS name such as 'cluster.local'")
+
         if self.rotate not in ROTATE_CHOICES:
             problems.append(f"--rotate: invalid value {self.rotate!r}; expected one of: {', '.join(ROTATE_CHOICES)}")
         if self.key_type not in KEY_TYPES:
             problems.append(f"--key-type: invalid key type {self.key_type!r}; expected one of: {', '.join(KEY_TYPES)}")
+
         if self.leaf_validity <= self.renew_before:
             problems.append(
                 f"--leaf-validity {format_duration(self.leaf_validity)!r} must be longer than --renew-before "
@@ -110,6 +112,7 @@ class EnsureOptions:
                               ("--ca-drop-after", self.ca_drop_after)):
             if value < datetime.timedelta(0):
                 problems.append(f"{option}: negative duration {value!r}; expected zero or more")
+
         if problems:
             raise OptionsError("; ".join(problems))
 

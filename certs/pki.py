@@ -145,26 +145,26 @@ class CertificateError(ValueError):
     """A certificate or private key that cannot be used; the message gives the reason."""
 
 
-def load_certificates(pem: bytes, what: str) -> list[x509.Certificate]:
-    """Parse every certificate in the PEM bytes `pem`, in order; `what` names them in errors."""
+def load_certificates(pem: bytes, label: str) -> list[x509.Certificate]:
+    """Parse every certificate in the PEM bytes `pem`, in order; `label` names them in errors."""
     if not pem or not pem.strip():
-        raise CertificateError(f"{what}: empty; expected PEM certificates")
+        raise CertificateError(f"{label}: empty; expected PEM certificates")
     try:
         return x509.load_pem_x509_certificates(pem)
     except ValueError as error:
-        raise CertificateError(f"{what}: not valid PEM certificates ({error})") from None
+        raise CertificateError(f"{label}: not valid PEM certificates ({error})") from None
 
 
-def load_private_key(pem: bytes, what: str):
+def load_private_key(pem: bytes, label: str):
     """Parse an unencrypted PEM private key of one of the supported types."""
     if not pem or not pem.strip():
-        raise CertificateError(f"{what}: empty; expected a PEM private key")
+        raise CertificateError(f"{label}: empty; expected a PEM private key")
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as error:
-        raise CertificateError(f"{what}: not a valid unencrypted PEM private key ({error})") from None
+        raise CertificateError(f"{label}: not a valid unencrypted PEM private key ({error})") from None
     if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
-        raise CertificateError(f"{what}: unsupported key algorithm {type(key).__name__!r}; expected ECDSA or RSA")
+        raise CertificateError(f"{label}: unsupported key algorithm {type(key).__name__!r}; expected ECDSA or RSA")
     return key
 
 
@@ -183,7 +183,7 @@ def fingerprint(certificate: x509.Certificate) -> str:
 
 
 def is_ca(certificate: x509.Certificate) -> bool:
-    """Whether the certificate may sign others: basicConstraints CA and, when present, keyCertSign."""
+    """Return whether the certificate may sign others: basicConstraints CA and, when present, keyCertSign."""
     try:
         constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
@@ -206,7 +206,7 @@ def dns_names_of(certificate: x509.Certificate) -> list[str]:
 
 
 def is_issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """Whether `issuer` signed `certificate` (names match and the signature verifies)."""
+    """Return whether `issuer` signed `certificate` (names match and the signature verifies)."""
     try:
         certificate.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature):
@@ -214,20 +214,20 @@ def is_issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> boo
     return True
 
 
-def load_pair(cert_pem: bytes, key_pem: bytes, now: datetime.datetime, what: str) -> tuple[x509.Certificate, object]:
+def load_pair(cert_pem: bytes, key_pem: bytes, now: datetime.datetime, label: str) -> tuple[x509.Certificate, object]:
     """Parse a certificate (the first one of `cert_pem`) and its key, and check they can serve at `now`.
 
     Raises CertificateError when either does not parse, the key does not
     belong to the certificate, or `now` lies outside the validity period.
     """
-    certificate = load_certificates(cert_pem, f"{what} certificate")[0]
-    key = load_private_key(key_pem, f"{what} key")
+    certificate = load_certificates(cert_pem, f"{label} certificate")[0]
+    key = load_private_key(key_pem, f"{label} key")
     if certificate.public_key().public_numbers() != key.public_key().public_numbers():
-        raise CertificateError(f"{what}: the private key does not belong to the certificate")
+        raise CertificateError(f"{label}: the private key does not belong to the certificate")
     if now >= certificate.not_valid_after_utc:
-        raise CertificateError(f"{what}: certificate expired at {certificate.not_valid_after_utc.isoformat()}")
+        raise CertificateError(f"{label}: certificate expired at {certificate.not_valid_after_utc.isoformat()}")
     if now < certificate.not_valid_before_utc:
-        raise CertificateError(f"{what}: certificate is not valid before {certificate.not_valid_before_utc.isoformat()}")
+        raise CertificateError(f"{label}: certificate is not valid before {certificate.not_valid_before_utc.isoformat()}")
     return certificate, key
 
 

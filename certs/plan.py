@@ -127,7 +127,7 @@ class Plan:
     steps: tuple[str, ...]
     """Step names (STEP_*) in execution order."""
     reasons: tuple[str, ...]
-    """Why each step was taken or deferred, one sentence each (no key material)."""
+    """Reasons for each step taken or deferred, one sentence each (no key material)."""
     repairs: tuple[str, ...]
     """Problems found in the stored material and repaired; logged as warnings."""
 
@@ -238,16 +238,16 @@ def plan(state: ClusterState, options: EnsureOptions, now: datetime.datetime) ->
         if state.tls_secret is None:
             notes.reasons.append(f"the serving Secret {options.tls_secret!r} does not exist")
     else:
-        wanted = _leaf_renewal_reasons(leaf, issuer, active_ca, options, now)
+        renewal_reasons = _leaf_renewal_reasons(leaf, issuer, active_ca, options, now)
         active_trusted = isinstance(active_ca, _Ca) and active_ca.fingerprint in trusted
-        if wanted and not active_trusted:
+        if renewal_reasons and not active_trusted:
             leaf_result = leaf
             notes.reasons.append(
-                f"serving certificate renewal ({'; '.join(wanted)}) waits until every webhook's caBundle trusts the current CA"
+                f"serving certificate renewal ({'; '.join(renewal_reasons)}) waits until every webhook's caBundle trusts the current CA"
             )
-        elif wanted:
+        elif renewal_reasons:
             leaf_result = new_leaf
-            notes.reasons.extend(wanted)
+            notes.reasons.extend(renewal_reasons)
         else:
             leaf_result = leaf
     if isinstance(leaf_result, NewLeaf):
@@ -287,8 +287,8 @@ def _finish(state, options, active_ca, pending_ca, retired, leaf, notes: _Notes)
         bundle = None
     else:
         bundle = bundle_pem(active_ca.pair, pending_ca.pair if pending_ca else None, retired_pem)
-        wanted = ca_secret_data(active_ca.pair, pending_ca.pair if pending_ca else None, bundle)
-        write_ca = dict(state.ca_secret.data) != wanted
+        expected_ca_data = ca_secret_data(active_ca.pair, pending_ca.pair if pending_ca else None, bundle)
+        write_ca = dict(state.ca_secret.data) != expected_ca_data
 
     patch = False
     if state.webhook is not None:
@@ -297,8 +297,8 @@ def _finish(state, options, active_ca, pending_ca, retired, leaf, notes: _Notes)
     if bundle is None or isinstance(leaf, NewLeaf) or state.tls_secret is None:
         write_tls = True
     else:
-        wanted_tls = tls_secret_data(leaf.pair, bundle)
-        write_tls = dict(state.tls_secret.data) != wanted_tls
+        expected_tls_data = tls_secret_data(leaf.pair, bundle)
+        write_tls = dict(state.tls_secret.data) != expected_tls_data
 
     for flag, step in ((write_ca, STEP_WRITE_CA_SECRET), (patch, STEP_PATCH_CA_BUNDLE), (write_tls, STEP_WRITE_TLS_SECRET)):
         if flag:
@@ -346,27 +346,27 @@ def tls_secret_data(leaf: pki.KeyPair, bundle: bytes) -> dict[str, bytes]:
 # Reading the stored material ------------------------------------------------
 
 
-def _read_ca(data, cert_key, key_key, now, what, notes: _Notes, expected: bool) -> _Ca | None:
+def _read_ca(data, cert_key, key_key, now, label, notes: _Notes, expected: bool) -> _Ca | None:
     """Parse one CA pair of the CA Secret; a broken one is noted as a repair and read as absent."""
     if not expected:
         return None
     missing = [key for key in (cert_key, key_key) if not data.get(key)]
     if missing:
-        notes.repairs.append(f"{what}: the CA Secret has no {' or '.join(repr(key) for key in missing)}")
+        notes.repairs.append(f"{label}: the CA Secret has no {' or '.join(repr(key) for key in missing)}")
         return None
     try:
-        certificate, _ = pki.load_pair(data[cert_key], data[key_key], now, what)
+        certificate, _ = pki.load_pair(data[cert_key], data[key_key], now, label)
     except pki.CertificateError as error:
         notes.repairs.append(str(error))
         return None
     if not pki.is_ca(certificate):
-        notes.repairs.append(f"{what}: the certificate is not a CA (basicConstraints CA:TRUE with keyCertSign is required)")
+        notes.repairs.append(f"{label}: the certificate is not a CA (basicConstraints CA:TRUE with keyCertSign is required)")
         return None
     return _Ca(pki.KeyPair(data[cert_key], data[key_key]), certificate, pki.fingerprint(certificate))
 
 
 def _previous_bundle(state: ClusterState, notes: _Notes) -> list[x509.Certificate]:
-    """The CA certificates clients may trust now: the CA Secret's bundle and every webhook's caBundle."""
+    """Collect the CA certificates clients may trust now: the CA Secret's bundle and every webhook's caBundle."""
     sources = []
     if state.ca_secret is not None:
         sources.append(("CA Secret bundle", state.ca_secret.data.get(BUNDLE_KEY, b"")))
@@ -376,11 +376,11 @@ def _previous_bundle(state: ClusterState, notes: _Notes) -> list[x509.Certificat
         for name, bundle in zip(state.webhook.webhook_names, state.webhook.ca_bundles):
             sources.append((f"caBundle of webhook {name!r}", bundle))
     seen: dict[str, x509.Certificate] = {}
-    for what, pem in sources:
+    for label, pem in sources:
         if not pem:
             continue
         try:
-            certificates = pki.load_certificates(pem, what)
+            certificates = pki.load_certificates(pem, label)
         except pki.CertificateError as error:
             notes.repairs.append(str(error))
             continue
@@ -468,17 +468,17 @@ def _leaf_renewal_reasons(leaf: _Leaf, issuer, active_ca, options: EnsureOptions
     return reasons
 
 
-def _secret_type(secret: SecretState | None, what: str, notes: _Notes) -> str:
+def _secret_type(secret: SecretState | None, label: str, notes: _Notes) -> str:
     if secret is None or secret.type == TLS_SECRET_TYPE:
         return TLS_SECRET_TYPE
     # The type of a Secret cannot change; writing the data is still safe.
-    notes.repairs.append(f"the {what} Secret has type {secret.type!r}, not {TLS_SECRET_TYPE!r}; its data is kept up to date, but delete it to fix the type")
+    notes.repairs.append(f"the {label} Secret has type {secret.type!r}, not {TLS_SECRET_TYPE!r}; its data is kept up to date, but delete it to fix the type")
     return secret.type
 
 
-def _note_extra_keys(secret: SecretState | None, known: tuple[str, ...], what: str, notes: _Notes) -> None:
+def _note_extra_keys(secret: SecretState | None, known: tuple[str, ...], label: str, notes: _Notes) -> None:
     if secret is None:
         return
     extra = sorted(set(secret.data) - set(known))
     if extra:
-        notes.repairs.append(f"the {what} Secret has unexpected keys {extra}; they are removed")
+        notes.repairs.append(f"the {label} Secret has unexpected keys {extra}; they are removed")

@@ -13,10 +13,10 @@ logged as an error, counted in `kubefence_certificate_reloads_total{result="fail
 and ignored, so the last good pair keeps serving. The same bad content is
 reported once, not on every poll.
 
-Known limitation: OpenSSL is not told to drop its TLS session cache, so a
-client may resume a session made under the previous certificate. That is
-safe: resuming proves the client trusted the old certificate when the session
-was made.
+Known limitation: the server's TLS session cache is not flushed on reload, so
+a client may resume a session made under the previous certificate without
+seeing the new one. Only a client that verified the old certificate holds
+such a session.
 """
 
 import asyncio
@@ -48,7 +48,7 @@ REJECTED = "rejected"
 
 @dataclass(frozen=True)
 class CertificateReadiness:
-    """What the readiness endpoint reports about the serving certificate."""
+    """Readiness report of the serving certificate."""
 
     ready: bool
     """False when no certificate has been loaded or the loaded one has expired."""
@@ -56,7 +56,7 @@ class CertificateReadiness:
     not_after: datetime.datetime | None
     expiring_soon: bool
     """True within the warning window before expiry; the pod stays ready so that
-    all replicas do not leave the Service at once, but the report says so."""
+    all replicas do not leave the Service at once, but the report shows it."""
 
 
 def _utc_now() -> datetime.datetime:
@@ -66,9 +66,9 @@ def _utc_now() -> datetime.datetime:
 class CertificateReloader:
     """Poll `cert_file` and `key_file` and load a changed, valid pair into `ssl_context`.
 
-    Call `check_once()` from the thread that runs the server's event loop (or
-    before it starts), because OpenSSL contexts are not safe to change while
-    another thread creates connections from them; `run()` does that.
+    Call `check_once()` from the thread that runs the server's event loop, or
+    before it starts. OpenSSL contexts are not safe to change while another
+    thread creates connections from them. `run()` polls on the event loop.
     """
 
     def __init__(

@@ -91,7 +91,7 @@ def test_generate_refuses_overwrite(tmp_path, capsys):
     assert not (out / "ca.crt").exists()
     event = log_events(capsys.readouterr().err)[-1]
     assert event["event"] == "certs.output_exists"
-    assert "pass --force" in event["error"]
+    assert "pass --force to replace them" in event["error"]
 
 
 def test_generate_refuses_symlink_at_key_path(tmp_path):

@@ -3,7 +3,7 @@
 There is no kube-apiserver on the test machines: the client talks to the
 small HTTP stub in kube_api_stub.py, which serves only the Secret and
 MutatingWebhookConfiguration endpoints `ensure` uses, with resourceVersion
-checks and 409 answers like the real server.
+checks and 409 responses like the real server.
 """
 
 import io

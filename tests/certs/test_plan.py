@@ -183,7 +183,7 @@ def test_plan_leaf_renewal_window(ca_a, leaf_a, time_left, renews):
         assert_clients_keep_working(state, after)
 
 
-def test_plan_rotate_leaf_issues_new_leaf_from_same_ca(ca_a, leaf_a):
+def test_plan_rotate_leaf_same_ca(ca_a, leaf_a):
     state = steady_state(ca_a, leaf_a)
 
     decided, material, after = run(state, make_options(rotate="leaf"), NOW)
@@ -236,7 +236,7 @@ def test_plan_ca_rotation_phases(ca_a, leaf_a):
     assert_clients_keep_working(state, after1)
 
     # Phase 2: the bundle read back contains the next CA, so it becomes current
-    # and signs a new serving certificate; the old CA stays as retired.
+    # and signs a new serving certificate. The old CA stays as a retired CA.
     promoted, phase2, after2 = run(after1, options, NOW + MINUTE)
     assert promoted.steps[:2] == (STEP_PROMOTE_CA, STEP_ISSUE_LEAF)
     assert STEP_DROP_RETIRED_CAS not in promoted.steps
@@ -262,7 +262,7 @@ def test_plan_ca_rotation_phases(ca_a, leaf_a):
     assert plan(after3, options, NOW + DAY).steps == ()
 
 
-def test_plan_ca_rotation_waits_until_bundle_contains_next_ca(ca_a, leaf_a):
+def test_plan_ca_rotation_waits_for_bundle(ca_a, leaf_a):
     _, _, after1 = run(steady_state(ca_a, leaf_a), make_options(rotate="ca"), NOW)
     # The caBundle patch was undone (for example by a Helm upgrade that
     # renders an old bundle): only the current CA is trusted.
@@ -301,7 +301,7 @@ def test_plan_rotate_ca_during_rotation_continues_it(ca_a, leaf_a):
     assert phase2.pending_ca is None
 
 
-def test_plan_rotate_ca_with_retired_ca_does_not_start_another(ca_a, leaf_a):
+def test_plan_rotate_ca_with_retired_ca(ca_a, leaf_a):
     _, _, after1 = run(steady_state(ca_a, leaf_a), make_options(rotate="ca"), NOW)
     _, _, after2 = run(after1, make_options(), NOW + MINUTE)
 
@@ -324,7 +324,7 @@ def test_plan_ca_near_expiry_starts_rotation():
     assert_clients_keep_working(state, after)
 
 
-def test_plan_ca_rotation_without_webhook_config_uses_secret_bundle(ca_a, leaf_a):
+def test_plan_ca_rotation_without_webhook_config(ca_a, leaf_a):
     state = dataclasses.replace(steady_state(ca_a, leaf_a), webhook=None)
     options = make_options(webhook_config="")
 
@@ -348,8 +348,8 @@ def _expired_ca_and_leaf():
     return ca, leaf
 
 
-def _edit_secret(state: ClusterState, which: str, **data) -> ClusterState:
-    secret = getattr(state, which)
+def _edit_secret(state: ClusterState, secret_field: str, **data) -> ClusterState:
+    secret = getattr(state, secret_field)
     edited = dict(secret.data)
     for key, value in data.items():
         key = key.replace("_", ".")
@@ -357,7 +357,7 @@ def _edit_secret(state: ClusterState, which: str, **data) -> ClusterState:
             edited.pop(key, None)
         else:
             edited[key] = value
-    return dataclasses.replace(state, **{which: dataclasses.replace(secret, data=edited)})
+    return dataclasses.replace(state, **{secret_field: dataclasses.replace(secret, data=edited)})
 
 
 # (case id, edit(state, fixtures) -> state, expected steps subset, phrase in a repair)

@@ -74,7 +74,7 @@ def trusting(ca: pki.KeyPair) -> ssl.SSLContext:
 
 
 def wait_until(predicate, timeout: float = 10.0) -> None:
-    """Poll `predicate` until it holds or `timeout` seconds pass; the caller asserts afterwards."""
+    """Poll `predicate` until it returns true or `timeout` seconds pass; the caller asserts afterwards."""
     deadline = time.monotonic() + timeout
     while not predicate() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -86,9 +86,9 @@ def fingerprint_of(pair: pki.KeyPair) -> str:
 
 def test_reloader_new_pair_serves_new_connections(server, volume, ca):
     first = server.reloader.fingerprint
-    kept = http.client.HTTPSConnection("127.0.0.1", server.port, context=trusting(ca), timeout=5)
-    kept.request("GET", "/")
-    assert kept.getresponse().read() == b"ok"
+    kept_connection = http.client.HTTPSConnection("127.0.0.1", server.port, context=trusting(ca), timeout=5)
+    kept_connection.request("GET", "/")
+    assert kept_connection.getresponse().read() == b"ok"
     before = successes()
 
     second = serving(ca)
@@ -100,10 +100,10 @@ def test_reloader_new_pair_serves_new_connections(server, volume, ca):
     assert server.reloader.fingerprint == fingerprint_of(second)
     assert served_fingerprint(server.port) == fingerprint_of(second)
     # The connection opened before the reload keeps its certificate and still works.
-    assert hashlib.sha256(kept.sock.getpeercert(binary_form=True)).hexdigest() == first
-    kept.request("GET", "/")
-    assert kept.getresponse().read() == b"ok"
-    kept.close()
+    assert hashlib.sha256(kept_connection.sock.getpeercert(binary_form=True)).hexdigest() == first
+    kept_connection.request("GET", "/")
+    assert kept_connection.getresponse().read() == b"ok"
+    kept_connection.close()
     assert server.call(server.reloader.check_once) == UNCHANGED
 
 

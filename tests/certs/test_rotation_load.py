@@ -16,8 +16,8 @@ The pieces of a cluster are played by real parts where this machine has them:
   connection for every request.
 
 To be harsh on ordering, each run lets the kubelet deliver the new files
-first and only then hands the new caBundle to the clients; the rotation
-phases must keep every request working either way.
+first and only then hands the new caBundle to the clients. The rotation
+phases must keep every request working in that order too.
 
 The load is bounded: the clients stop when the rotations end, or after
 20 seconds at the latest.
@@ -51,7 +51,7 @@ CLIENTS_PER_KIND = 3
 
 
 class BundleFile:
-    """The caBundle as the API server sees it; clients reload their trust when it changes."""
+    """The caBundle as the API server uses it; clients reload their trust when it changes."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -165,9 +165,9 @@ def test_rotation_under_load_no_failed_request(kube_stub, kubeconfig, tmp_path, 
     apiserver_sync()
     server = TlsServer(volume.path("tls.crt"), volume.path("tls.key"), reload_interval=0.05).start()
     stop = threading.Event()
-    kept = [ReviewClient(server.port, bundle, stop, lambda: server.reloader.reloads, keep_alive=True) for _ in range(CLIENTS_PER_KIND)]
-    fresh = [ReviewClient(server.port, bundle, stop, lambda: server.reloader.reloads, keep_alive=False) for _ in range(CLIENTS_PER_KIND)]
-    clients = kept + fresh
+    keep_alive_clients = [ReviewClient(server.port, bundle, stop, lambda: server.reloader.reloads, keep_alive=True) for _ in range(CLIENTS_PER_KIND)]
+    new_connection_clients = [ReviewClient(server.port, bundle, stop, lambda: server.reloader.reloads, keep_alive=False) for _ in range(CLIENTS_PER_KIND)]
+    clients = keep_alive_clients + new_connection_clients
     for client in clients:
         client.start()
 
@@ -176,15 +176,15 @@ def test_rotation_under_load_no_failed_request(kube_stub, kubeconfig, tmp_path, 
     def run_step(label: str, rotate: str) -> tuple[str, ...]:
         time.sleep(PAUSE_BETWEEN_STEPS)
         result = ensure(options(rotate), objects, backoff=0)
-        wanted = pki.fingerprint(result.material.leaf.certificate)
-        changed = wanted != server.reloader.fingerprint
+        expected_fingerprint = pki.fingerprint(result.material.leaf.certificate)
+        changed = expected_fingerprint != server.reloader.fingerprint
         swapped = time.monotonic()
         kubelet_sync()
         if changed:
             deadline = swapped + 10
-            while server.reloader.fingerprint != wanted and time.monotonic() < deadline:
+            while server.reloader.fingerprint != expected_fingerprint and time.monotonic() < deadline:
                 time.sleep(0.002)
-            assert server.reloader.fingerprint == wanted, f"{label}: the server did not load the new certificate"
+            assert server.reloader.fingerprint == expected_fingerprint, f"{label}: the server did not load the new certificate"
             reload_times.append((label, time.monotonic() - swapped))
         apiserver_sync()
         return result.plan.steps
@@ -203,26 +203,26 @@ def test_rotation_under_load_no_failed_request(kube_stub, kubeconfig, tmp_path, 
         server.stop()
         api_client.close()
 
-    kept_sent = sum(client.sent for client in kept)
-    fresh_sent = sum(client.sent for client in fresh)
-    kept_failed = [failure for client in kept for failure in client.failed]
-    fresh_failed = [failure for client in fresh for failure in client.failed]
-    fresh_fingerprints = set().union(*(client.fingerprints for client in fresh))
-    connections = [span for client in kept for span in client.connections.values()]
+    keep_alive_sent = sum(client.sent for client in keep_alive_clients)
+    new_connection_sent = sum(client.sent for client in new_connection_clients)
+    keep_alive_failed = [failure for client in keep_alive_clients for failure in client.failed]
+    new_connection_failed = [failure for client in new_connection_clients for failure in client.failed]
+    new_connection_fingerprints = set().union(*(client.fingerprints for client in new_connection_clients))
+    connections = [span for client in keep_alive_clients for span in client.connections.values()]
     print()
     print("rotation under load (uvicorn test app, not the kubefence webhook server):")
-    print(f"  {CLIENTS_PER_KIND} keep-alive clients: {kept_sent} requests, {len(kept_failed)} failed, {len(connections)} connections")
-    print(f"  {CLIENTS_PER_KIND} new-connection clients: {fresh_sent} requests, {len(fresh_failed)} failed, "
-          f"{len(fresh_fingerprints)} serving certificates seen")
+    print(f"  {CLIENTS_PER_KIND} keep-alive clients: {keep_alive_sent} requests, {len(keep_alive_failed)} failed, {len(connections)} connections")
+    print(f"  {CLIENTS_PER_KIND} new-connection clients: {new_connection_sent} requests, {len(new_connection_failed)} failed, "
+          f"{len(new_connection_fingerprints)} serving certificates seen")
     for label, seconds in reload_times:
         print(f"  {label}: reloaded {seconds * 1000:.0f} ms after the volume swap")
 
-    assert kept_failed == []
-    assert fresh_failed == []
+    assert keep_alive_failed == []
+    assert new_connection_failed == []
     assert all(client.sent > 0 for client in clients)
     # Four serving certificates were loaded after the first one, and new connections saw all five.
     assert len(reload_times) == 4
-    assert len(fresh_fingerprints) == 5
+    assert len(new_connection_fingerprints) == 5
     # At least one kept-alive connection carried requests across a reload.
     assert any(last > first for first, last in connections)
     assert len(pki.load_certificates(kube_stub.webhook_bundles("kubefence")[0], "bundle")) == 1

@@ -1,7 +1,7 @@
 """Test helpers: a uvicorn server over real TLS with a certificate reloader, and a Secret volume writer.
 
-The ASGI app stands in for the webhook: it answers an AdmissionReview POST
-with an allowed response echoing the request uid, and GET with 200.
+The ASGI app replaces the webhook: it returns an allowed response echoing the
+request uid for an AdmissionReview POST, and 200 for GET.
 """
 
 import asyncio
@@ -21,7 +21,7 @@ from kubefence.certs.reload import CertificateReloader
 
 
 async def review_app(scope, receive, send):
-    """Answer AdmissionReview POSTs with an allowed response; GET gets 200 'ok'."""
+    """Return an allowed AdmissionReview response for a POST, and 200 'ok' for a GET."""
     if scope["type"] != "http":
         return
     body = b""
