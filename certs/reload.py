@@ -22,6 +22,7 @@ such a session.
 import asyncio
 import datetime
 import hashlib
+import os
 import shutil
 import ssl
 import tempfile
@@ -191,19 +192,39 @@ class CertificateReloader:
 
 
 class _PairFiles:
-    """The exact bytes that were checked, in a private temporary directory, for load_cert_chain."""
+    """The exact bytes that were checked, as paths for load_cert_chain, which reads only files.
+
+    On Linux they live in anonymous memory files (memfd), opened through
+    /proc/self/fd, so reloading works on a read-only root filesystem and the
+    key never reaches a disk. Elsewhere a private temporary directory is used.
+    """
 
     def __init__(self, cert_pem: bytes, key_pem: bytes):
-        self._cert_pem = cert_pem
-        self._key_pem = key_pem
+        self._contents = {"tls.crt": cert_pem, "tls.key": key_pem}
+        self._descriptors: list[int] = []
         self._directory = ""
 
     def __enter__(self) -> tuple[str, str]:
+        if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+            paths = []
+            for name, content in self._contents.items():
+                descriptor = os.memfd_create(f"kubefence-{name}", os.MFD_CLOEXEC)
+                self._descriptors.append(descriptor)
+                view = memoryview(content)
+                while view:
+                    view = view[os.write(descriptor, view):]
+                paths.append(f"/proc/self/fd/{descriptor}")
+            return paths[0], paths[1]
+
         from kubefence.certs.files import CERT_MODE, KEY_MODE, write_files
 
         self._directory = tempfile.mkdtemp(prefix="kubefence-reload-")
-        write_files(self._directory, {"tls.crt": (self._cert_pem, CERT_MODE), "tls.key": (self._key_pem, KEY_MODE)})
+        write_files(self._directory, {"tls.crt": (self._contents["tls.crt"], CERT_MODE), "tls.key": (self._contents["tls.key"], KEY_MODE)})
         return f"{self._directory}/tls.crt", f"{self._directory}/tls.key"
 
     def __exit__(self, *exc_info) -> None:
-        shutil.rmtree(self._directory, ignore_errors=True)
+        for descriptor in self._descriptors:
+            os.close(descriptor)
+        self._descriptors.clear()
+        if self._directory:
+            shutil.rmtree(self._directory, ignore_errors=True)

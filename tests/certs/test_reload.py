@@ -4,7 +4,9 @@ import datetime
 import hashlib
 import http.client
 import io
+import os
 import ssl
+import tempfile
 import time
 
 import orjson
@@ -264,6 +266,28 @@ def test_reloader_readiness_before_first_load(tmp_path):
 def test_reloader_invalid_interval(tmp_path):
     with pytest.raises(ValueError, match="invalid reload interval 0; expected a positive number of seconds"):
         CertificateReloader(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), tmp_path / "a", tmp_path / "b", interval=0)
+
+
+def test_reloader_needs_no_writable_temporary_directory(tmp_path, ca, monkeypatch):
+    volume = SecretVolume(tmp_path / "tls")
+    volume.write(files_of(serving(ca)))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "absent"))
+    reloader = CertificateReloader(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), volume.path("tls.crt"), volume.path("tls.key"))
+
+    assert reloader.check_once() == RELOADED
+
+
+def test_reloader_without_memfd_uses_temporary_directory(tmp_path, ca, monkeypatch):
+    volume = SecretVolume(tmp_path / "tls")
+    pair = serving(ca)
+    volume.write(files_of(pair))
+    monkeypatch.delattr(os, "memfd_create")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    reloader = CertificateReloader(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), volume.path("tls.crt"), volume.path("tls.key"))
+
+    assert reloader.check_once() == RELOADED
+    assert reloader.fingerprint == fingerprint_of(pair)
+    assert [path.name for path in tmp_path.iterdir()] == ["tls"]
 
 
 def test_reloader_client_trusting_other_ca_fails(server, other_ca):
