@@ -166,55 +166,18 @@ def plan(state: ClusterState, options: EnsureOptions, now: datetime.datetime) ->
     notes = _Notes()
     ca_data = state.ca_secret.data if state.ca_secret else {}
 
-    # What the Secrets and the webhook configuration hold now.
+    # What the Secrets and the webhook configuration contain now.
     active = _read_ca(ca_data, CERT_KEY, KEY_KEY, now, "current CA", notes, state.ca_secret is not None)
-    pending = _read_ca(ca_data, NEXT_CERT_KEY, NEXT_KEY_KEY, now, "next CA", notes, NEXT_CERT_KEY in ca_data or NEXT_KEY_KEY in ca_data)
+    has_next = NEXT_CERT_KEY in ca_data or NEXT_KEY_KEY in ca_data
+    pending = _read_ca(ca_data, NEXT_CERT_KEY, NEXT_KEY_KEY, now, "next CA", notes, has_next)
     previous_bundle = _previous_bundle(state, notes)
     trusted = _trusted_fingerprints(state)
-
-    # The current CA: keep it, repair it, or create the first one.
-    active_ca: _Ca | NewCa
     new_ca = NewCa(f"kubefence-ca-{now:%Y%m%dT%H%M%SZ}", options.key_type, options.ca_validity)
-    if active is not None:
-        active_ca = active
-    elif pending is not None:
-        active_ca, pending = pending, None
-        notes.steps.append(STEP_REPLACE_CA)
-        notes.reasons.append("the current CA is unusable, so the next CA of the rotation in progress replaces it")
-    elif state.ca_secret is None:
-        active_ca = new_ca
-        notes.steps.append(STEP_CREATE_CA)
-        notes.reasons.append(f"the CA Secret {options.ca_secret!r} does not exist")
-    else:
-        active_ca = new_ca
-        notes.steps.append(STEP_REPLACE_CA)
-        notes.reasons.append("the current CA is unusable, so a new CA replaces it")
 
-    # CA rotation: promote a next CA the clients trust, or start a rotation.
-    pending_ca: _Ca | NewCa | None = pending
-    promoted_from: _Ca | None = None
-    if pending is not None and pending.fingerprint in trusted and isinstance(active_ca, _Ca):
-        promoted_from, active_ca, pending_ca = active_ca, pending, None
-        notes.steps.append(STEP_PROMOTE_CA)
-        notes.reasons.append(f"every webhook's caBundle trusts the next CA {pending.fingerprint[:16]}, so it becomes the current CA")
-    elif pending is not None:
-        notes.reasons.append(f"the next CA {pending.fingerprint[:16]} waits until every webhook's caBundle contains it")
-    elif isinstance(active_ca, _Ca):
-        retired_present = any(pki.fingerprint(c) != active_ca.fingerprint for c in previous_bundle)
-        expires_in = active_ca.certificate.not_valid_after_utc - now
-        if expires_in <= options.ca_renew_before:
-            pending_ca = NewCa(new_ca.common_name, options.key_type, options.ca_validity)
-            notes.steps.append(STEP_START_CA_ROTATION)
-            notes.reasons.append(
-                f"the current CA expires within {format_duration(options.ca_renew_before)} "
-                f"(at {active_ca.certificate.not_valid_after_utc.isoformat()})"
-            )
-        elif options.rotate == "ca" and not retired_present:
-            pending_ca = NewCa(new_ca.common_name, options.key_type, options.ca_validity)
-            notes.steps.append(STEP_START_CA_ROTATION)
-            notes.reasons.append("a CA rotation was requested (--rotate ca)")
-        elif options.rotate == "ca":
-            notes.reasons.append("a CA rotation was requested but the previous one still has a retired CA in the bundle, so it continues")
+    active_ca, pending = _choose_current_ca(state, options, active, pending, new_ca, notes)
+    active_ca, pending_ca, promoted_from = _advance_rotation(
+        options, active_ca, pending, trusted, previous_bundle, new_ca, now, notes
+    )
 
     # Former CAs still in the bundle, so that the serving certificate of any
     # webhook pod that has not reloaded yet stays trusted.
@@ -224,53 +187,109 @@ def plan(state: ClusterState, options: EnsureOptions, now: datetime.datetime) ->
         candidates.insert(0, promoted_from.certificate)
     retired = _retired_cas(candidates, exclude, now)
 
-    # The serving certificate.
+    leaf = _choose_leaf(state, options, active_ca, pending_ca, retired, trusted, now, notes)
+    retired = _drop_retired(options, active_ca, pending_ca, retired, leaf, now, notes)
+    return _finish(state, options, active_ca, pending_ca, retired, leaf, notes)
+
+
+def _choose_current_ca(state, options, active, pending, new_ca, notes: _Notes):
+    """Keep the current CA, replace an unusable one, or create the first one; return it and the next CA."""
+    if active is not None:
+        return active, pending
+    if pending is not None:
+        notes.steps.append(STEP_REPLACE_CA)
+        notes.reasons.append("the current CA is unusable, so the next CA of the rotation in progress replaces it")
+        return pending, None
+    if state.ca_secret is None:
+        notes.steps.append(STEP_CREATE_CA)
+        notes.reasons.append(f"the CA Secret {options.ca_secret!r} does not exist")
+    else:
+        notes.steps.append(STEP_REPLACE_CA)
+        notes.reasons.append("the current CA is unusable, so a new CA replaces it")
+    return new_ca, None
+
+
+def _advance_rotation(options, active_ca, pending, trusted, previous_bundle, new_ca, now, notes: _Notes):
+    """Promote a next CA the clients trust, or start a rotation; return the current, next and promoted-from CAs."""
+    if pending is not None and pending.fingerprint in trusted:
+        notes.steps.append(STEP_PROMOTE_CA)
+        notes.reasons.append(f"every webhook's caBundle trusts the next CA {pending.fingerprint[:16]}, so it becomes the current CA")
+        return pending, None, active_ca
+    if pending is not None:
+        notes.reasons.append(f"the next CA {pending.fingerprint[:16]} waits until every webhook's caBundle contains it")
+        return active_ca, pending, None
+    if not isinstance(active_ca, _Ca):
+        # A CA created in this run is not rotated in the same run.
+        return active_ca, None, None
+
+    not_after = active_ca.certificate.not_valid_after_utc
+    if not_after - now <= options.ca_renew_before:
+        notes.steps.append(STEP_START_CA_ROTATION)
+        notes.reasons.append(f"the current CA expires within {format_duration(options.ca_renew_before)} (at {not_after.isoformat()})")
+        return active_ca, new_ca, None
+    if options.rotate != "ca":
+        return active_ca, None, None
+    if _retired_cas(previous_bundle, {active_ca.fingerprint}, now):
+        notes.reasons.append("a CA rotation was requested but the previous one still has a retired CA in the bundle, so it continues")
+        return active_ca, None, None
+    notes.steps.append(STEP_START_CA_ROTATION)
+    notes.reasons.append("a CA rotation was requested (--rotate ca)")
+    return active_ca, new_ca, None
+
+
+def _choose_leaf(state, options, active_ca, pending_ca, retired, trusted, now, notes: _Notes) -> _Leaf | NewLeaf:
+    """Keep the serving pair, or issue a new one from the current CA when that is needed and safe."""
     leaf = _read_leaf(state.tls_secret, options, now, notes)
-    issuers = [ca for ca in (active_ca, pending_ca) if isinstance(ca, _Ca)]
-    issuer = _issuer_of(leaf, [ca.certificate for ca in issuers] + retired) if leaf else None
+    issuers = [ca.certificate for ca in (active_ca, pending_ca) if isinstance(ca, _Ca)] + retired
+    issuer = _issuer_of(leaf, issuers) if leaf else None
     if leaf is not None and issuer is None:
         notes.repairs.append("serving certificate: issued by a CA that is neither current nor in the bundle; issuing a new one")
         leaf = None
-    leaf_result: _Leaf | NewLeaf
+
     new_leaf = NewLeaf(tuple(options.dns_names), options.key_type, options.leaf_validity)
     if leaf is None:
-        leaf_result = new_leaf
+        # Nothing that serves now can be lost, so the new pair does not wait for the bundle.
         if state.tls_secret is None:
             notes.reasons.append(f"the serving Secret {options.tls_secret!r} does not exist")
-    else:
-        renewal_reasons = _leaf_renewal_reasons(leaf, issuer, active_ca, options, now)
-        active_trusted = isinstance(active_ca, _Ca) and active_ca.fingerprint in trusted
-        if renewal_reasons and not active_trusted:
-            leaf_result = leaf
-            notes.reasons.append(
-                f"serving certificate renewal ({'; '.join(renewal_reasons)}) waits until every webhook's caBundle trusts the current CA"
-            )
-        elif renewal_reasons:
-            leaf_result = new_leaf
-            notes.reasons.extend(renewal_reasons)
-        else:
-            leaf_result = leaf
-    if isinstance(leaf_result, NewLeaf):
         notes.steps.append(STEP_ISSUE_LEAF)
+        return new_leaf
 
-    # Drop retired CAs once the current CA's serving certificate has been out
-    # long enough for every pod to serve it.
-    if retired and pending_ca is None and isinstance(leaf_result, _Leaf) and isinstance(active_ca, _Ca) \
-            and pki.is_issued_by(leaf_result.certificate, active_ca.certificate):
-        issued_at = leaf_result.certificate.not_valid_before_utc + pki.BACKDATE
-        if now >= issued_at + options.ca_drop_after:
-            notes.steps.append(STEP_DROP_RETIRED_CAS)
-            notes.reasons.append(
-                f"the serving certificate of the current CA was issued more than {format_duration(options.ca_drop_after)} ago, "
-                f"so {len(retired)} retired CA(s) leave the bundle"
-            )
-            retired = []
-        else:
-            notes.reasons.append(f"{len(retired)} retired CA(s) stay in the bundle until {(issued_at + options.ca_drop_after).isoformat()}")
-    elif retired:
+    renewal_reasons = _leaf_renewal_reasons(leaf, issuer, active_ca, options, now)
+    if not renewal_reasons:
+        return leaf
+    if not (isinstance(active_ca, _Ca) and active_ca.fingerprint in trusted):
+        notes.reasons.append(
+            f"serving certificate renewal ({'; '.join(renewal_reasons)}) waits until every webhook's caBundle trusts the current CA"
+        )
+        return leaf
+    notes.reasons.extend(renewal_reasons)
+    notes.steps.append(STEP_ISSUE_LEAF)
+    return new_leaf
+
+
+def _drop_retired(options, active_ca, pending_ca, retired, leaf, now, notes: _Notes) -> list:
+    """Drop retired CAs once the current CA's serving certificate has been out long enough for every pod to serve it."""
+    if not retired:
+        return retired
+    settled = (
+        pending_ca is None
+        and isinstance(leaf, _Leaf)
+        and isinstance(active_ca, _Ca)
+        and pki.is_issued_by(leaf.certificate, active_ca.certificate)
+    )
+    if not settled:
         notes.reasons.append(f"{len(retired)} retired CA(s) stay in the bundle while the serving certificate may still come from them")
-
-    return _finish(state, options, active_ca, pending_ca, retired, leaf_result, notes)
+        return retired
+    issued_at = leaf.certificate.not_valid_before_utc + pki.BACKDATE
+    if now < issued_at + options.ca_drop_after:
+        notes.reasons.append(f"{len(retired)} retired CA(s) stay in the bundle until {(issued_at + options.ca_drop_after).isoformat()}")
+        return retired
+    notes.steps.append(STEP_DROP_RETIRED_CAS)
+    notes.reasons.append(
+        f"the serving certificate of the current CA was issued more than {format_duration(options.ca_drop_after)} ago, "
+        f"so {len(retired)} retired CA(s) leave the bundle"
+    )
+    return []
 
 
 def _finish(state, options, active_ca, pending_ca, retired, leaf, notes: _Notes) -> Plan:
