@@ -59,6 +59,15 @@ class CertificateReadiness:
     """True within the warning window before expiry; the pod stays ready so that
     all replicas do not leave the Service at once, but the report shows it."""
 
+    def as_dict(self) -> dict:
+        """Return the report as JSON-ready values, with `not_after` in ISO 8601 (empty when unknown)."""
+        return {
+            "ready": self.ready,
+            "reason": self.reason,
+            "not_after": self.not_after.isoformat() if self.not_after else "",
+            "expiring_soon": self.expiring_soon,
+        }
+
 
 def _utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)

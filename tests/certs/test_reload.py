@@ -251,6 +251,12 @@ def test_reloader_readiness(tmp_path, ca, age, ready, expiring_soon, reason):
     assert report.expiring_soon is expiring_soon
     assert reason in report.reason
     assert report.not_after == pair.certificate.not_valid_after_utc
+    assert report.as_dict() == {
+        "ready": ready,
+        "reason": report.reason,
+        "not_after": pair.certificate.not_valid_after_utc.isoformat(),
+        "expiring_soon": expiring_soon,
+    }
 
 
 def test_reloader_readiness_before_first_load(tmp_path):
@@ -260,6 +266,7 @@ def test_reloader_readiness_before_first_load(tmp_path):
 
     assert report.ready is False
     assert report.reason == "no serving certificate loaded yet"
+    assert report.as_dict()["not_after"] == ""
     assert reloader.not_after is None
 
 
