@@ -15,8 +15,10 @@ certificate:
 import asyncio
 import ipaddress
 import os
+import signal
 import ssl
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,7 +189,12 @@ class WebhookServer:
             namespace=self.settings.namespace,
             readiness_checks=self.state.readiness.names(),
         )
-        # 5. Serve; uvicorn handles SIGINT and SIGTERM with a graceful shutdown.
+        # 5. Serve; uvicorn handles SIGINT and SIGTERM with a graceful
+        # shutdown and then re-raises the signal with the handler that was
+        # installed before. A no-op SIGTERM handler makes that a clean exit
+        # (status 0), as a Kubernetes pod stop is not an error.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _ignore_signal)
         try:
             await self.server.serve()
         finally:
@@ -195,6 +202,10 @@ class WebhookServer:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.log.info("webhook stopped")
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    return None
 
 
 def run(settings: ServeSettings) -> None:
