@@ -149,7 +149,10 @@ def run_review(args: argparse.Namespace) -> int:
     except OSError as error:
         return _error("review", f"cannot read {error.filename!r}: {error.strerror}")
     except yaml.YAMLError as error:
-        return _error("review", f"{args.file}: invalid YAML: {error}")
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        return _error("review", f"{args.file}: invalid YAML{where}: {problem}")
     except (ConfigError, ManifestError, ReviewError) as error:
         return _error("review", f"{args.file}: {error}")
 
