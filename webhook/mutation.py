@@ -2,7 +2,7 @@
 
 Everything here is a pure function over plain data (the AdmissionReview
 `request` as parsed JSON, and the Policy): no I/O, no logging, no clock.
-The server and `kubefence review` call `decide`, then log and answer.
+The server and `kubefence review` call `decide`, then log and respond.
 
 For a CREATE of an opted-in pod the patch
 
@@ -374,16 +374,16 @@ def _resolve_profile(
 # Patch operations
 
 
-def _annotation_ops(pod: _PodView, wanted: dict[str, str]) -> list[dict[str, Any]]:
-    if not wanted:
+def _annotation_ops(pod: _PodView, values: dict[str, str]) -> list[dict[str, Any]]:
+    if not values:
         return []
     if pod.annotations is None:
         # One operation that creates the map: never an index into a missing object.
         if not pod.has_metadata:
-            return [{"op": "add", "path": "/metadata", "value": {"annotations": wanted}}]
-        return [{"op": "add", "path": "/metadata/annotations", "value": wanted}]
+            return [{"op": "add", "path": "/metadata", "value": {"annotations": values}}]
+        return [{"op": "add", "path": "/metadata/annotations", "value": values}]
     ops = []
-    for key, value in wanted.items():
+    for key, value in values.items():
         op = "replace" if key in pod.annotations else "add"
         ops.append({"op": op, "path": f"/metadata/annotations/{escape_pointer_token(key)}", "value": value})
     return ops
@@ -507,13 +507,13 @@ def _decide_create(pod: _PodView, policy: Policy, namespace: str, pod_name: str,
 
     # The annotations. The first injection (the one that adds the volume)
     # always states the profile, so that patch alone shows what the pod
-    # runs with; later ones only correct it.
-    wanted: dict[str, str] = {}
+    # runs with. Later patches only correct a changed profile.
+    annotation_values: dict[str, str] = {}
     if first_injection or annotations.get(contracts.PROFILE_ANNOTATION) != profile:
-        wanted[contracts.PROFILE_ANNOTATION] = profile
+        annotation_values[contracts.PROFILE_ANNOTATION] = profile
     if required_plugins is not None:
-        wanted[contracts.REQUIRED_PLUGINS_ANNOTATION] = required_plugins
-    ops += _annotation_ops(pod, wanted)
+        annotation_values[contracts.REQUIRED_PLUGINS_ANNOTATION] = required_plugins
+    ops += _annotation_ops(pod, annotation_values)
     ops += volume_ops
 
     if warning is not None:

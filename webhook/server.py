@@ -30,8 +30,8 @@ from kubefence.common.policy import DEFAULT_POLICY
 from kubefence.webhook.app import create_app
 from kubefence.webhook.state import PolicyWatcher, WebhookState
 
-# Go HTTP clients such as kube-apiserver close idle connections after 90 s;
-# a longer server-side timeout lets them reuse connections instead of
+# Go HTTP clients such as kube-apiserver close idle connections after 90 s.
+# A longer server-side timeout lets them reuse connections instead of
 # paying a new TLS handshake.
 KEEP_ALIVE_TIMEOUT_SECONDS = 120
 
