@@ -231,9 +231,12 @@ def _read_pod(pod: Mapping[str, Any]) -> _PodView:
             for index, container in enumerate(items):
                 where = f"object.spec.{key}[{index}]"
                 _mapping(container, where, required=True)
-                for mounts_key in ("volumeMounts", "volumeDevices"):
+                for mounts_key, path_key in (("volumeMounts", "mountPath"), ("volumeDevices", "devicePath")):
                     for number, mount in enumerate(_list(container.get(mounts_key), f"{where}.{mounts_key}")):
-                        _mapping(mount, f"{where}.{mounts_key}[{number}]", required=True)
+                        at = f"{where}.{mounts_key}[{number}]"
+                        _mapping(mount, at, required=True)
+                        _string(mount.get("name"), f"{at}.name")
+                        _string(mount.get(path_key), f"{at}.{path_key}")
         containers[key] = items
     return _PodView(pod.get("metadata") is not None, metadata, annotations, spec, volumes, containers)
 
@@ -305,8 +308,8 @@ def _check_container_mounts(pod: _PodView, trusted_names: set[str], lists: tuple
                             f"mount propagation; got {dict(mount)!r}",
                         )
                     continue
-                if not isinstance(mount_path, str):
-                    continue
+                if not mount_path:
+                    continue  # Kubernetes validation rejects a mount without a path.
                 normalized = normalize_path(mount_path)
                 if _is_at_or_below(normalized, root) or normalized == "/":
                     raise _Denied(

@@ -277,9 +277,13 @@ def test_decide_other_kind_skipped():
             "volumeMounts",
         ),
         (lambda request: request.pop("object"), "missing request.object"),
+        (
+            lambda request: request["object"]["spec"]["containers"][0].update(volumeMounts=[{"name": "x", "mountPath": 1}]),
+            "volumeMounts[0].mountPath",
+        ),
     ],
     ids=["object-list", "containers-string", "volume-string", "annotations-list", "name-int", "runtime-class-list",
-         "mounts-object", "no-object"],
+         "mounts-object", "no-object", "mount-path-int"],
 )
 def test_decide_malformed_request_raises(mutate, named):
     request = request_of(make_pod())
