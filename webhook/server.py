@@ -174,6 +174,7 @@ class WebhookServer:
         return None
 
     async def serve(self) -> None:
+        """Run the background tasks and serve until SIGINT or SIGTERM."""
         # 4. Background tasks, cancelled when the server stops.
         tasks: list[asyncio.Task] = []
         if self.policy_watcher is not None:
@@ -181,20 +182,26 @@ class WebhookServer:
         reloader = self.start_certificate_reloader()
         if reloader is not None:
             tasks.append(reloader)
+
         self.log.info(
             "webhook starting",
             host=self.settings.host,
             port=self.settings.port,
             policy_file=self.settings.policy_file or "",
+            policy_interval=self.settings.policy_interval,
             namespace=self.settings.namespace,
+            keep_alive_timeout=self.settings.keep_alive_timeout,
+            cert_file=self.tls.cert_file,
             readiness_checks=self.state.readiness.names(),
         )
+
         # 5. Serve; uvicorn handles SIGINT and SIGTERM with a graceful
         # shutdown and then re-raises the signal with the handler that was
         # installed before. A no-op SIGTERM handler makes that a clean exit
         # (status 0), as a Kubernetes pod stop is not an error.
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _ignore_signal)
+
         try:
             await self.server.serve()
         finally:

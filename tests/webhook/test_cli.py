@@ -167,3 +167,20 @@ def test_review_invalid_policy_exit_2(tmp_path):
     assert "defaultProfile" in result.stderr
     assert "'codex'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("webhook", ["--host", "--port", "--tls-cert-file", "--tls-private-key-file", "--policy", "--namespace", "--log-level"]),
+        ("review", ["--policy", "--namespace", "--operation", "--output"]),
+    ],
+    ids=["webhook", "review"],
+)
+def test_cli_help_lists_options(command, options):
+    result = subprocess.run(
+        [sys.executable, "-m", "kubefence", command, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    for option in options:
+        assert option in result.stdout
