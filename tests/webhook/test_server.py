@@ -388,3 +388,23 @@ def test_app_internal_error_500_without_traceback():
     assert response.status_code == 500
     assert "Traceback" not in response.text
     assert state.metrics.registry.get_sample_value("kubefence_webhook_errors_total", {"kind": "internal"}) == 1
+
+
+def test_policy_watcher_missing_file_keeps_policy(tmp_path):
+    from kubefence.common.policy import load_policy
+    from kubefence.webhook.state import PolicyWatcher
+
+    path = tmp_path / "policy.yaml"
+    path.write_text("defaultProfile: codex\n")
+    state = WebhookState()
+    watcher = PolicyWatcher(path, state)
+    watcher.load_initial()
+    assert state.policy == load_policy("defaultProfile: codex\n")
+    path.unlink()
+    assert watcher.check_once() is False
+    assert watcher.check_once() is False
+    assert state.policy.default_profile == "codex"
+    assert state.metrics.registry.get_sample_value("kubefence_webhook_policy_reloads_total", {"result": "failed"}) == 0
+    path.write_text("defaultProfile: swival\n")
+    assert watcher.check_once() is True
+    assert state.policy.default_profile == "swival"
