@@ -76,7 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--operation",
         choices=("CREATE", "UPDATE"),
         default="CREATE",
-        help="admission operation to review (default: %(default)s; an UPDATE of a pod passes unchanged)",
+        help=(
+            "admission operation to review (default: %(default)s); UPDATE uses the pod as its own old "
+            "object, so it passes unchanged"
+        ),
     )
     review.add_argument("--output", choices=("yaml", "json"), default="yaml", help="output format (default: %(default)s)")
     review.set_defaults(func=run_review)

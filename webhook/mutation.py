@@ -51,6 +51,7 @@ class Reason(StrEnum):
     OPERATION_NOT_HANDLED = "operation-not-handled"
     EXEMPT_NAMESPACE = "exempt-namespace"
     NOT_OPTED_IN = "not-opted-in"
+    SANDBOX_UNCHANGED = "sandbox-unchanged"
     # inject
     INJECTED = "injected"
     ALREADY_INJECTED = "already-injected"
@@ -68,6 +69,7 @@ class Reason(StrEnum):
     TRUSTED_SOURCE_MISUSE = "trusted-source-misuse"
     EPHEMERAL_CONTAINERS_REJECTED = "ephemeral-containers-rejected"
     MISSING_NONO_VOLUME = "missing-nono-volume"
+    SANDBOX_ANNOTATION_CHANGED = "sandbox-annotation-changed"
 
 
 @dataclass(frozen=True)
@@ -445,13 +447,15 @@ def decide(request: Mapping[str, Any], policy: Policy, own_namespace: str = "") 
 
     if operation == "CREATE" and sub_resource:
         return skip_pod(Reason.OPERATION_NOT_HANDLED)
-    if operation == "UPDATE" and sub_resource != "ephemeralcontainers":
+    if operation == "UPDATE" and sub_resource not in ("", "ephemeralcontainers"):
         return skip_pod(Reason.OPERATION_NOT_HANDLED)
     if namespace in policy.exempt_namespaces or (own_namespace and namespace == own_namespace):
         return skip_pod(Reason.EXEMPT_NAMESPACE)
 
-    if operation == "UPDATE":
+    if operation == "UPDATE" and sub_resource == "ephemeralcontainers":
         return _decide_ephemeral(request, pod, policy, namespace, pod_name, runtime_class)
+    if operation == "UPDATE":
+        return _decide_update(request, pod, policy, namespace, pod_name, runtime_class)
     return _decide_create(pod, policy, namespace, pod_name, runtime_class)
 
 
@@ -538,6 +542,47 @@ def _existing_trusted_volume(pod: _PodView, policy: Policy) -> str | None:
         if _volume_source(volume) == trusted_source:
             return volume.get("name")
     return None
+
+
+def _decide_update(
+    request: Mapping[str, Any], pod: _PodView, policy: Policy, namespace: str, pod_name: str, runtime_class: str
+) -> AdmissionDecision:
+    """UPDATE of an opted-in pod: passes unchanged unless it changes an annotation the sandbox relies on.
+
+    Pod annotations stay mutable after creation, and the NRI plugin reads the
+    profile again whenever a container restarts. Without this check an
+    update could switch to a profile outside the namespace's allow-list,
+    drop the fail-closed marker, or add Kata guest configuration.
+    """
+    common = {"namespace": namespace, "pod": pod_name, "runtime_class": runtime_class}
+    if runtime_class not in policy.runtime_classes:
+        return AdmissionDecision(allowed=True, decision="skip", reason=Reason.NOT_OPTED_IN, **common)
+    if request.get("oldObject") is None:
+        raise ReviewError("missing request.oldObject for an UPDATE request")
+    old_metadata = _mapping(_mapping(request["oldObject"], "request.oldObject", required=True).get("metadata"), "request.oldObject.metadata")
+    old_annotations = _mapping(old_metadata.get("annotations"), "request.oldObject.metadata.annotations")
+    new_annotations = pod.annotations or {}
+
+    guarded = {contracts.PROFILE_ANNOTATION, contracts.REQUIRED_PLUGINS_ANNOTATION}
+    if runtime_class in policy.kata_runtime_classes:
+        guarded |= {
+            key for key in (*old_annotations, *new_annotations) if str(key).startswith(contracts.KATA_ANNOTATION_PREFIX)
+        }
+    changed = sorted(key for key in guarded if old_annotations.get(key) != new_annotations.get(key))
+    profile = new_annotations.get(contracts.PROFILE_ANNOTATION, "")
+    common["profile"] = profile if isinstance(profile, str) else ""
+    if changed:
+        return AdmissionDecision(
+            allowed=False,
+            decision="reject",
+            reason=Reason.SANDBOX_ANNOTATION_CHANGED,
+            message=(
+                f"annotations {', '.join(repr(key) for key in changed)} of a nono sandbox pod cannot change "
+                f"after creation; recreate the pod to change them"
+            ),
+            **common,
+        )
+    return AdmissionDecision(allowed=True, decision="skip", reason=Reason.SANDBOX_UNCHANGED, **common)
 
 
 def _decide_ephemeral(

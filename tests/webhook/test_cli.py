@@ -110,7 +110,7 @@ def test_review_update_passes():
     result = review(str(PODS / "agent-sandboxed.yaml"), "--operation", "UPDATE")
     assert result.returncode == 0, result.stderr
     [report] = reports(result)
-    assert (report["decision"], report["reason"], report["patch"]) == ("skip", "operation-not-handled", [])
+    assert (report["decision"], report["reason"], report["patch"]) == ("skip", "sandbox-unchanged", [])
 
 
 def test_review_policy_file(tmp_path):

@@ -240,8 +240,8 @@ def test_decide_ephemeral_not_opted_in_skipped():
 
 @pytest.mark.parametrize(
     ("operation", "sub_resource"),
-    [("UPDATE", None), ("UPDATE", "status"), ("CREATE", "binding"), ("DELETE", None), ("CONNECT", "exec")],
-    ids=["update", "update-status", "create-binding", "delete", "connect-exec"],
+    [("UPDATE", "status"), ("CREATE", "binding"), ("DELETE", None), ("CONNECT", "exec")],
+    ids=["update-status", "create-binding", "delete", "connect-exec"],
 )
 def test_decide_other_operations_pass_unchanged(operation, sub_resource):
     pod = make_pod(annotations={"nono.sh/profile": "--allow-all"}, volumes=[{"name": "x", "emptyDir": {}}])
@@ -250,6 +250,81 @@ def test_decide_other_operations_pass_unchanged(operation, sub_resource):
     assert (decision.allowed, decision.decision, decision.reason, decision.patch) == (
         True, "skip", "operation-not-handled", []
     )
+
+
+def update_request(old: dict, new: dict) -> dict:
+    return request_of(new, operation="UPDATE", old_pod=old)
+
+
+def test_decide_update_labels_pass_unchanged():
+    old = injected_pod()
+    new = injected_pod()
+    new["metadata"]["labels"] = {"team": "blue"}
+    new["metadata"]["annotations"]["example.org/owner"] = "blue"
+    decision = decide(update_request(old, new), DEFAULT_POLICY)
+    assert (decision.allowed, decision.decision, decision.reason, decision.patch) == (True, "skip", "sandbox-unchanged", [])
+
+
+@pytest.mark.parametrize(
+    ("change", "runtime_class", "named"),
+    [
+        (lambda annotations: annotations.update({"nono.sh/profile": "codex"}), "nono-runc", "'nono.sh/profile'"),
+        (lambda annotations: annotations.pop("nono.sh/profile"), "nono-runc", "'nono.sh/profile'"),
+        (
+            lambda annotations: annotations.pop("required-plugins.noderesource.dev"),
+            "nono-runc",
+            "'required-plugins.noderesource.dev'",
+        ),
+        (
+            lambda annotations: annotations.update({"required-plugins.noderesource.dev": "[]"}),
+            "nono-runc",
+            "'required-plugins.noderesource.dev'",
+        ),
+        (
+            lambda annotations: annotations.update({"io.katacontainers.config.agent.policy": "x"}),
+            "kata-nono-sandbox",
+            "'io.katacontainers.config.agent.policy'",
+        ),
+    ],
+    ids=["profile-changed", "profile-removed", "marker-removed", "marker-emptied", "kata-annotation-added"],
+)
+def test_decide_update_sandbox_annotation_denied(change, runtime_class, named):
+    old = injected_pod(runtimeClassName=runtime_class)
+    new = injected_pod(runtimeClassName=runtime_class)
+    change(new["metadata"]["annotations"])
+    decision = decide(update_request(old, new), DEFAULT_POLICY)
+    assert not decision.allowed
+    assert decision.reason == "sandbox-annotation-changed"
+    assert named in decision.message
+
+
+def test_decide_update_kata_annotation_on_runc_allowed():
+    old = injected_pod()
+    new = injected_pod()
+    new["metadata"]["annotations"]["io.katacontainers.config.agent.policy"] = "x"
+    assert decide(update_request(old, new), DEFAULT_POLICY).allowed
+
+
+def test_decide_update_not_opted_in_skipped():
+    old = make_pod(runtime_class=None, annotations={"nono.sh/profile": "default"})
+    new = make_pod(runtime_class=None, annotations={"nono.sh/profile": "--allow-all"})
+    decision = decide(update_request(old, new), DEFAULT_POLICY)
+    assert (decision.allowed, decision.reason) == (True, "not-opted-in")
+
+
+def test_decide_update_exempt_namespace_skipped():
+    old = injected_pod()
+    new = injected_pod()
+    for pod in (old, new):
+        pod["metadata"]["namespace"] = "kube-system"
+    new["metadata"]["annotations"]["nono.sh/profile"] = "codex"
+    decision = decide(update_request(old, new), DEFAULT_POLICY)
+    assert (decision.allowed, decision.reason) == (True, "exempt-namespace")
+
+
+def test_decide_update_without_old_object_raises():
+    with pytest.raises(ReviewError, match="missing request.oldObject"):
+        decide(request_of(injected_pod(), operation="UPDATE"), DEFAULT_POLICY)
 
 
 def test_decide_delete_without_object_skipped():

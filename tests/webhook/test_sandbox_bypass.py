@@ -199,3 +199,15 @@ def test_bypass_kata_annotation_allowed_on_runc(webhook):
     pod = make_pod(annotations={"io.katacontainers.config.agent.policy": "x"})
     response = webhook.mutate(make_review(pod)).json()["response"]
     assert response["allowed"] is True
+
+
+def test_bypass_profile_changed_by_update(webhook):
+    """Annotations stay mutable, and the NRI plugin reads the profile again when a container restarts."""
+    old = make_pod(annotations={"nono.sh/profile": "default", "required-plugins.noderesource.dev": '["kubefence"]'})
+    new = make_pod(annotations={"nono.sh/profile": "claude-code", "required-plugins.noderesource.dev": '["kubefence"]'})
+    response = webhook.mutate(make_review(new, uid="bypass-update", operation="UPDATE", old_pod=old)).json()["response"]
+    assert response["allowed"] is False
+    assert "'nono.sh/profile'" in response["status"]["message"]
+    [line] = webhook.decision_lines("bypass-update")
+    assert line["reason"] == "sandbox-annotation-changed"
+    assert line["operation"] == "UPDATE"
