@@ -301,6 +301,8 @@ def test_server_self_signed_ca_in_log(tmp_path):
             [sys.executable, "-m", "kubefence", "webhook", "--host", "127.0.0.1", "--port", port, "--log-level", "info"],
             stdout=subprocess.DEVNULL,
             stderr=stream,
+            # The generated pair goes to a new directory under TMPDIR.
+            env={**os.environ, "TMPDIR": str(tmp_path)},
         )
     try:
         def ca_line():
@@ -313,6 +315,7 @@ def test_server_self_signed_ca_in_log(tmp_path):
 
         line = wait_for(ca_line)
         assert line["level"] == "warning"
+        assert line["ca_file"].startswith(str(tmp_path))
         key_file = os.path.join(os.path.dirname(line["ca_file"]), "tls.key")
         assert os.stat(key_file).st_mode & 0o777 == 0o600
         context = ssl.create_default_context(cafile=line["ca_file"])
