@@ -2,7 +2,7 @@
 
 Everything here is a pure function over plain data (the AdmissionReview
 `request` as parsed JSON, and the Policy): no I/O, no logging, no clock.
-The server and `kubefence review` call `decide`, then log and answer.
+The server and `kubefence review` call `decide`, then log and respond.
 
 For a CREATE of an opted-in pod the patch
 
@@ -51,6 +51,7 @@ class Reason(StrEnum):
     OPERATION_NOT_HANDLED = "operation-not-handled"
     EXEMPT_NAMESPACE = "exempt-namespace"
     NOT_OPTED_IN = "not-opted-in"
+    SANDBOX_UNCHANGED = "sandbox-unchanged"
     # inject
     INJECTED = "injected"
     ALREADY_INJECTED = "already-injected"
@@ -68,6 +69,7 @@ class Reason(StrEnum):
     TRUSTED_SOURCE_MISUSE = "trusted-source-misuse"
     EPHEMERAL_CONTAINERS_REJECTED = "ephemeral-containers-rejected"
     MISSING_NONO_VOLUME = "missing-nono-volume"
+    SANDBOX_ANNOTATION_CHANGED = "sandbox-annotation-changed"
 
 
 @dataclass(frozen=True)
@@ -231,9 +233,12 @@ def _read_pod(pod: Mapping[str, Any]) -> _PodView:
             for index, container in enumerate(items):
                 where = f"object.spec.{key}[{index}]"
                 _mapping(container, where, required=True)
-                for mounts_key in ("volumeMounts", "volumeDevices"):
+                for mounts_key, path_key in (("volumeMounts", "mountPath"), ("volumeDevices", "devicePath")):
                     for number, mount in enumerate(_list(container.get(mounts_key), f"{where}.{mounts_key}")):
-                        _mapping(mount, f"{where}.{mounts_key}[{number}]", required=True)
+                        at = f"{where}.{mounts_key}[{number}]"
+                        _mapping(mount, at, required=True)
+                        _string(mount.get("name"), f"{at}.name")
+                        _string(mount.get(path_key), f"{at}.{path_key}")
         containers[key] = items
     return _PodView(pod.get("metadata") is not None, metadata, annotations, spec, volumes, containers)
 
@@ -305,8 +310,8 @@ def _check_container_mounts(pod: _PodView, trusted_names: set[str], lists: tuple
                             f"mount propagation; got {dict(mount)!r}",
                         )
                     continue
-                if not isinstance(mount_path, str):
-                    continue
+                if not mount_path:
+                    continue  # Kubernetes validation rejects a mount without a path.
                 normalized = normalize_path(mount_path)
                 if _is_at_or_below(normalized, root) or normalized == "/":
                     raise _Denied(
@@ -374,16 +379,16 @@ def _resolve_profile(
 # Patch operations
 
 
-def _annotation_ops(pod: _PodView, wanted: dict[str, str]) -> list[dict[str, Any]]:
-    if not wanted:
+def _annotation_ops(pod: _PodView, values: dict[str, str]) -> list[dict[str, Any]]:
+    if not values:
         return []
     if pod.annotations is None:
         # One operation that creates the map: never an index into a missing object.
         if not pod.has_metadata:
-            return [{"op": "add", "path": "/metadata", "value": {"annotations": wanted}}]
-        return [{"op": "add", "path": "/metadata/annotations", "value": wanted}]
+            return [{"op": "add", "path": "/metadata", "value": {"annotations": values}}]
+        return [{"op": "add", "path": "/metadata/annotations", "value": values}]
     ops = []
-    for key, value in wanted.items():
+    for key, value in values.items():
         op = "replace" if key in pod.annotations else "add"
         ops.append({"op": op, "path": f"/metadata/annotations/{escape_pointer_token(key)}", "value": value})
     return ops
@@ -442,13 +447,15 @@ def decide(request: Mapping[str, Any], policy: Policy, own_namespace: str = "") 
 
     if operation == "CREATE" and sub_resource:
         return skip_pod(Reason.OPERATION_NOT_HANDLED)
-    if operation == "UPDATE" and sub_resource != "ephemeralcontainers":
+    if operation == "UPDATE" and sub_resource not in ("", "ephemeralcontainers"):
         return skip_pod(Reason.OPERATION_NOT_HANDLED)
     if namespace in policy.exempt_namespaces or (own_namespace and namespace == own_namespace):
         return skip_pod(Reason.EXEMPT_NAMESPACE)
 
-    if operation == "UPDATE":
+    if operation == "UPDATE" and sub_resource == "ephemeralcontainers":
         return _decide_ephemeral(request, pod, policy, namespace, pod_name, runtime_class)
+    if operation == "UPDATE":
+        return _decide_update(request, pod, policy, namespace, pod_name, runtime_class)
     return _decide_create(pod, policy, namespace, pod_name, runtime_class)
 
 
@@ -507,13 +514,13 @@ def _decide_create(pod: _PodView, policy: Policy, namespace: str, pod_name: str,
 
     # The annotations. The first injection (the one that adds the volume)
     # always states the profile, so that patch alone shows what the pod
-    # runs with; later ones only correct it.
-    wanted: dict[str, str] = {}
+    # runs with. Later patches only correct a changed profile.
+    annotation_values: dict[str, str] = {}
     if first_injection or annotations.get(contracts.PROFILE_ANNOTATION) != profile:
-        wanted[contracts.PROFILE_ANNOTATION] = profile
+        annotation_values[contracts.PROFILE_ANNOTATION] = profile
     if required_plugins is not None:
-        wanted[contracts.REQUIRED_PLUGINS_ANNOTATION] = required_plugins
-    ops += _annotation_ops(pod, wanted)
+        annotation_values[contracts.REQUIRED_PLUGINS_ANNOTATION] = required_plugins
+    ops += _annotation_ops(pod, annotation_values)
     ops += volume_ops
 
     if warning is not None:
@@ -535,6 +542,47 @@ def _existing_trusted_volume(pod: _PodView, policy: Policy) -> str | None:
         if _volume_source(volume) == trusted_source:
             return volume.get("name")
     return None
+
+
+def _decide_update(
+    request: Mapping[str, Any], pod: _PodView, policy: Policy, namespace: str, pod_name: str, runtime_class: str
+) -> AdmissionDecision:
+    """UPDATE of an opted-in pod: passes unchanged unless it changes an annotation the sandbox relies on.
+
+    Pod annotations stay mutable after creation, and the NRI plugin reads the
+    profile again whenever a container restarts. Without this check an
+    update could switch to a profile outside the namespace's allow-list,
+    drop the fail-closed marker, or add Kata guest configuration.
+    """
+    common = {"namespace": namespace, "pod": pod_name, "runtime_class": runtime_class}
+    if runtime_class not in policy.runtime_classes:
+        return AdmissionDecision(allowed=True, decision="skip", reason=Reason.NOT_OPTED_IN, **common)
+    if request.get("oldObject") is None:
+        raise ReviewError("missing request.oldObject for an UPDATE request")
+    old_metadata = _mapping(_mapping(request["oldObject"], "request.oldObject", required=True).get("metadata"), "request.oldObject.metadata")
+    old_annotations = _mapping(old_metadata.get("annotations"), "request.oldObject.metadata.annotations")
+    new_annotations = pod.annotations or {}
+
+    guarded = {contracts.PROFILE_ANNOTATION, contracts.REQUIRED_PLUGINS_ANNOTATION}
+    if runtime_class in policy.kata_runtime_classes:
+        guarded |= {
+            key for key in (*old_annotations, *new_annotations) if str(key).startswith(contracts.KATA_ANNOTATION_PREFIX)
+        }
+    changed = sorted(key for key in guarded if old_annotations.get(key) != new_annotations.get(key))
+    profile = new_annotations.get(contracts.PROFILE_ANNOTATION, "")
+    common["profile"] = profile if isinstance(profile, str) else ""
+    if changed:
+        return AdmissionDecision(
+            allowed=False,
+            decision="reject",
+            reason=Reason.SANDBOX_ANNOTATION_CHANGED,
+            message=(
+                f"annotations {', '.join(repr(key) for key in changed)} of a nono sandbox pod cannot change "
+                f"after creation; recreate the pod to change them"
+            ),
+            **common,
+        )
+    return AdmissionDecision(allowed=True, decision="skip", reason=Reason.SANDBOX_UNCHANGED, **common)
 
 
 def _decide_ephemeral(

@@ -1,9 +1,10 @@
 """Every AdmissionReview sample in tests/data/admission through the real HTTPS server.
 
-The expectations are those of the samples' README: HTTP 200 and an
-AdmissionReview v1 response echoing the uid; `patchType` and `patch` only
-when there are operations; the patch applies with a standard RFC 6902
-library and the patched pod passes the Kubernetes Pod schema.
+The expectations are those of the samples' README. Every response is HTTP
+200 and an AdmissionReview v1 response echoing the uid, with `patchType`
+and `patch` only when there are operations. The patch applies with a
+standard RFC 6902 library, and the patched pod passes the Kubernetes Pod
+schema.
 """
 
 import base64
@@ -180,9 +181,9 @@ def test_sample_16_injection_recognised(webhook):
     """The injection is recognised by volume source, mount path and read-only flag.
 
     The samples' README expects no patch at all for this pod. The pod lacks
-    the required-plugins annotation, though, and that annotation is what
-    makes a runtime refuse the pod while the NRI plugin is missing; a pod
-    author could otherwise write the injection by hand to drop it. So the
+    the required-plugins annotation, though, which makes a runtime refuse
+    the pod while the NRI plugin is missing. A pod author could otherwise
+    write the injection by hand to drop it. So the
     webhook adds only that annotation, and the same pod with the annotation
     gets no patch.
     """
