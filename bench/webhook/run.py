@@ -117,6 +117,10 @@ class Point:
     # completed. Unlike req/s, it barely changes when other processes
     # compete for the server's core, so it compares servers across busy runs.
     server_cpu_us_per_request: float = 0.0
+    # Share of the server core's time, in percent, that went to other
+    # processes or to the hypervisor (steal) during the run. Above a few
+    # percent, req/s and latency are lower than this server can do alone.
+    server_core_other_percent: float = 0.0
 
 
 @dataclass
@@ -201,6 +205,21 @@ def run_wrk(url: str, body_file: Path, concurrency: int, connection: str, durati
 
 
 # --- servers ----------------------------------------------------------------
+
+
+def core_times(core: int) -> tuple[float, float]:
+    """Return the busy and total seconds of CPU `core` since boot, from /proc/stat.
+
+    Busy counts user, nice, system, irq, softirq and steal time; total adds
+    idle and iowait.
+    """
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            user, nice, system, idle, iowait, irq, softirq, steal = map(int, line.split()[1:9])
+            ticks = os.sysconf("SC_CLK_TCK")
+            busy = user + nice + system + irq + softirq + steal
+            return busy / ticks, (busy + idle + iowait) / ticks
+    raise BenchmarkError(f"CPU core {core} not found in /proc/stat")
 
 
 def free_port() -> int:
@@ -493,16 +512,24 @@ def measure_server(server: str, plan: Plan, work: Path, stack: ExitStack, tls_pa
             for connection in plan.connections:
                 for concurrency in plan.concurrency:
                     cpu_before = process.cpu_seconds()
+                    core_busy_before, core_total_before = core_times(SERVER_CORE)
                     figures = run_wrk(url, body_files[sample], concurrency, connection, plan.duration_s)
                     cpu_used = process.cpu_seconds() - cpu_before
+                    core_busy_after, core_total_after = core_times(SERVER_CORE)
                     point = Point(server, sample, connection, concurrency, **figures)
                     if point.requests:
                         point.server_cpu_us_per_request = round(cpu_used / point.requests * 1e6, 1)
+                    core_elapsed = core_total_after - core_total_before
+                    if core_elapsed > 0:
+                        # The server is pinned to the core, so its own CPU time is all on it.
+                        other = max(0.0, core_busy_after - core_busy_before - cpu_used)
+                        point.server_core_other_percent = round(100 * other / core_elapsed, 1)
                     points.append(point)
                     log(
                         f"{server:9} {sample:18} {connection:10} c={concurrency:<3} "
                         f"{point.requests_per_second:9.0f} req/s  p50 {point.latency_p50_ms:8.2f} ms  "
-                        f"p99 {point.latency_p99_ms:8.2f} ms  CPU {point.server_cpu_us_per_request:6.0f} us/req"
+                        f"p99 {point.latency_p99_ms:8.2f} ms  CPU {point.server_cpu_us_per_request:6.0f} us/req  "
+                        f"other load on core {point.server_core_other_percent:4.1f} %"
                         + (f"  non-2xx {point.non_2xx}" if point.non_2xx else "")
                         + (f"  socket errors {point.socket_errors}" if any(point.socket_errors.values()) else "")
                     )
@@ -571,8 +598,8 @@ def check_targets(points: list[Point]) -> list[dict]:
 
 def markdown_table(points: list[Point]) -> str:
     lines = [
-        "| server | sample | connection | concurrency | req/s | p50 ms | p99 ms | server CPU µs/req |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| server | sample | connection | concurrency | req/s | p50 ms | p99 ms | server CPU µs/req | other load on server core |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for point in points:
         flags = ""
@@ -581,7 +608,7 @@ def markdown_table(points: list[Point]) -> str:
         lines.append(
             f"| {point.server} | {point.sample} | {point.connection} | {point.concurrency} "
             f"| {point.requests_per_second:,.0f}{flags} | {point.latency_p50_ms:.2f} | {point.latency_p99_ms:.2f} "
-            f"| {point.server_cpu_us_per_request:,.0f} |"
+            f"| {point.server_cpu_us_per_request:,.0f} | {point.server_core_other_percent:.0f} % |"
         )
     return "\n".join(lines)
 
