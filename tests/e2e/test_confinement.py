@@ -1,0 +1,120 @@
+"""Real Landlock confinement of a runc container started through /nono/nono wrap.
+
+The args are written by hand here, as the NRI plugin would write them. The
+tests that go through the webhook and the NRI plugin are in test_pod_path.py.
+"""
+
+import copy
+import errno
+import os
+
+import pytest
+
+import oci
+from kubefence.common.contracts import NONO_MOUNT_PATH, wrapper_prefix
+
+pytestmark = pytest.mark.e2e
+
+PERMISSION_DENIED = os.strerror(errno.EACCES)
+
+
+def run(runc, bundle, spec, args, env=None, nono_dir=None):
+    if nono_dir is not None:
+        spec["mounts"].append(oci.bind_mount(str(nono_dir), NONO_MOUNT_PATH))
+    oci.set_process(spec, args, env=env)
+    return runc.run(bundle, spec)
+
+
+def test_wrapped_workload_is_pid1_with_original_args(runc, bundle, base_spec, nono_host_dir):
+    workload = ["/bin/sh", "-c", "cat /proc/1/cmdline; exit 0", "workload", "two words", "--", ""]
+
+    result = run(runc, bundle, base_spec, wrapper_prefix("default") + workload, nono_dir=nono_host_dir)
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.split("\0")[:-1] == workload
+
+
+def test_wrapped_workload_leaves_no_nono_process(runc, bundle, base_spec, nono_host_dir):
+    # The container's PID namespace numbers processes in order, and runc's
+    # own start-up uses a few numbers. The shell's first child gets the same
+    # PID with and without nono only if nono started no process of its own.
+    workload = ["/bin/sh", "-c", "/bin/sleep 0 & echo $!; wait"]
+    unwrapped = run(runc, bundle, copy.deepcopy(base_spec), workload)
+
+    wrapped = run(runc, bundle, base_spec, wrapper_prefix("default") + workload, nono_dir=nono_host_dir)
+
+    assert unwrapped.exit_code == 0, unwrapped.stderr
+    assert wrapped.exit_code == 0, wrapped.stderr
+    assert wrapped.stdout.strip() == unwrapped.stdout.strip()
+
+
+def test_wrapped_write_to_etc_denied(runc, bundle, base_spec, nono_host_dir):
+    workload = ["/bin/sh", "-c", "echo changed > /etc/kubefence-new"]
+
+    result = run(runc, bundle, base_spec, wrapper_prefix("default") + workload, nono_dir=nono_host_dir)
+
+    assert result.exit_code != 0
+    assert PERMISSION_DENIED in result.stderr
+    assert not (bundle / "rootfs" / "etc" / "kubefence-new").exists()
+
+
+def test_wrapped_overwrite_of_etc_file_denied(runc, bundle, base_spec, nono_host_dir):
+    workload = ["/bin/sh", "-c", "echo 6.6.6.6 evil >> /etc/hosts"]
+
+    result = run(runc, bundle, base_spec, wrapper_prefix("default") + workload, nono_dir=nono_host_dir)
+
+    assert result.exit_code != 0
+    assert PERMISSION_DENIED in result.stderr
+    assert "evil" not in (bundle / "rootfs" / "etc" / "hosts").read_text()
+
+
+def test_wrapped_read_outside_grants_denied(runc, bundle, base_spec, nono_host_dir):
+    workload = ["/bin/cat", oci.SECRET_PATH]
+
+    result = run(runc, bundle, base_spec, wrapper_prefix("default") + workload, nono_dir=nono_host_dir)
+
+    assert result.exit_code != 0
+    assert PERMISSION_DENIED in result.stderr
+    assert oci.SECRET_TEXT not in result.stdout
+
+
+def test_wrapped_granted_paths_work(runc, bundle, base_spec, nono_host_dir):
+    workload = ["/bin/sh", "-c", "echo written > /tmp/out && cat /tmp/out && cat /etc/hosts"]
+
+    result = run(runc, bundle, base_spec, wrapper_prefix("default") + workload, nono_dir=nono_host_dir)
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == ["written", "127.0.0.1 localhost"]
+
+
+def test_wrapped_environment_loses_loader_variables(runc, bundle, base_spec, nono_host_dir):
+    env = base_spec["process"]["env"] + [
+        "LD_LIBRARY_PATH=/srv", "PYTHONPATH=/srv", "NODE_OPTIONS=--require=/srv/x.js", "TASK_ID=t-1",
+    ]
+
+    result = run(runc, bundle, base_spec, wrapper_prefix("default") + ["/bin/env"], env=env, nono_dir=nono_host_dir)
+
+    assert result.exit_code == 0, result.stderr
+    names = {line.partition("=")[0] for line in result.stdout.splitlines()}
+    assert "TASK_ID" in names
+    assert not names & {"LD_LIBRARY_PATH", "PYTHONPATH", "NODE_OPTIONS"}
+
+
+def test_wrapped_unknown_profile_fails_closed(runc, bundle, base_spec, nono_host_dir):
+    workload = ["/bin/sh", "-c", "echo workload-ran"]
+
+    result = run(runc, bundle, base_spec, wrapper_prefix("no-such-profile") + workload, nono_dir=nono_host_dir)
+
+    assert result.exit_code == 1
+    assert "no-such-profile" in result.stderr
+    assert "workload-ran" not in result.stdout
+
+
+def test_unwrapped_container_unconfined(runc, bundle, base_spec):
+    workload = ["/bin/sh", "-c", f"echo changed > /etc/kubefence-new && cat {oci.SECRET_PATH}"]
+
+    result = run(runc, bundle, base_spec, workload)
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == oci.SECRET_TEXT
+    assert (bundle / "rootfs" / "etc" / "kubefence-new").read_text() == "changed\n"
