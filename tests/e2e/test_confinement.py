@@ -6,6 +6,7 @@ tests that go through the webhook and the NRI plugin are in test_pod_path.py.
 
 import copy
 import errno
+import json
 import os
 
 import pytest
@@ -117,4 +118,40 @@ def test_unwrapped_container_unconfined(runc, bundle, base_spec):
 
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == oci.SECRET_TEXT
+    assert (bundle / "rootfs" / "etc" / "kubefence-new").read_text() == "changed\n"
+
+
+def write_user_profile(config_dir, name):
+    """Put a user profile `name` that grants write access to /etc under `config_dir`."""
+    profiles = config_dir / "nono" / "profiles"
+    profiles.mkdir(parents=True)
+    profile = {
+        "security": {"groups": ["system_read_linux", "system_write_linux"]},
+        "filesystem": {"allow": ["/etc"]},
+    }
+    (profiles / f"{name}.json").write_text(json.dumps(profile))
+
+
+# Each way a pod's own environment widens what nono grants. Run with the
+# stand-in directly, these show that the stand-in reads its environment as
+# nono does, so the tests of the full path can tell whether kubefence
+# stops them.
+WIDENING_ENVIRONMENTS = [
+    pytest.param(["TMPDIR=/etc"], None, id="tmpdir"),
+    pytest.param(["NONO_ALLOW=/etc"], None, id="nono-allow"),
+    pytest.param(["XDG_CONFIG_HOME=/config"], "config", id="xdg-config-home"),
+    pytest.param(["HOME=/home/agent"], "home/agent/.config", id="home"),
+]
+
+
+@pytest.mark.parametrize(("extra_env", "profile_dir"), WIDENING_ENVIRONMENTS)
+def test_standin_environment_widens_grants(runc, bundle, base_spec, nono_host_dir, extra_env, profile_dir):
+    if profile_dir is not None:
+        write_user_profile(bundle / "rootfs" / profile_dir, "default")
+    env = base_spec["process"]["env"] + extra_env
+    workload = ["/bin/sh", "-c", "echo changed > /etc/kubefence-new"]
+
+    result = run(runc, bundle, base_spec, wrapper_prefix("default") + workload, env=env, nono_dir=nono_host_dir)
+
+    assert result.exit_code == 0, result.stderr
     assert (bundle / "rootfs" / "etc" / "kubefence-new").read_text() == "changed\n"
