@@ -5,38 +5,20 @@ skips with the missing piece named otherwise. `.ci/run` installs runc and
 busybox-static and runs as root, so CI runs them.
 """
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-import oci
+from kubefence import oci
 
-
-def missing_requirement() -> str | None:
-    """Return why real containers cannot run here, or None when they can."""
-    if os.geteuid() != 0:
-        return "needs root: runc runs the test containers as root (run pytest as root or with sudo)"
-    if shutil.which("runc") is None:
-        return "runc is not installed (Debian: apt-get install runc)"
-    if shutil.which("busybox") is None:
-        return "busybox is not installed (Debian: apt-get install busybox-static)"
-    try:
-        import nono_py
-    except ImportError:
-        return "nono-py is not installed (pip install -e '.[test]')"
-    try:
-        nono_py.detect_abi()
-    except RuntimeError as error:
-        return f"Landlock is not available on this kernel: {error}"
-    return None
+STANDIN = Path(__file__).with_name("nono_standin.py")
 
 
 @pytest.fixture(scope="session")
 def container_host():
     """Skip unless this machine can run confined containers."""
-    reason = missing_requirement()
+    reason = oci.missing_requirement(shutil.which("busybox"), shutil.which("runc"))
     if reason:
         pytest.skip(reason)
 
@@ -53,7 +35,7 @@ def runc(container_host, tmp_path_factory) -> oci.Runc:
 def nono_host_dir(container_host, tmp_path_factory) -> Path:
     """The host directory that the /nono volume mounts: the nono stand-in and nono_py."""
     host_dir = tmp_path_factory.mktemp("nono-host") / "opt-nono-nri"
-    oci.install_nono_standin(host_dir)
+    oci.install_nono_standin(host_dir, STANDIN)
     return host_dir
 
 

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-import oci
+from kubefence import oci
 from kubefence.common.contracts import NONO_MOUNT_PATH, wrapper_prefix
 
 pytestmark = pytest.mark.e2e

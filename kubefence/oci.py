@@ -1,14 +1,16 @@
 """Run real containers with runc on a busybox root filesystem.
 
-The end-to-end tests build a bundle (a root filesystem plus the OCI
-`config.json` that `runc spec` writes), change the process and mounts the
-way a runtime would after NRI, and run it with `runc run` as root. Each run
-gets its own container id and runc state directory, and the container is
-deleted afterwards, also when the run fails or times out.
+`kubefence demo` and the end-to-end tests build a bundle (a root file
+system plus the OCI `config.json` that `runc spec` writes), change the
+process and mounts the way a runtime does after NRI, and run it with
+`runc run` as root. Each run gets its own container id, and the container
+is deleted afterwards, also when the run fails or times out.
 
 The image is busybox in /bin plus the host's /usr mounted read-only, which
-stands for a Debian-based image such as python:3.12-slim: the nono stand-in
-is a Python script and needs an interpreter and its shared libraries.
+is like a Debian-based image such as python:3.12-slim. The nono stand-in
+is a Python script, so it needs an interpreter and its shared libraries.
+
+Only the standard library is imported here.
 """
 
 import json
@@ -19,8 +21,6 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-
-import nono_standin
 
 # Busybox applets the tests' shell commands use.
 BUSYBOX_APPLETS = (
@@ -86,15 +86,18 @@ def python_interpreter() -> str:
     return os.path.realpath(sys.executable)
 
 
-def install_nono_standin(host_dir: Path) -> Path:
-    """Fill `host_dir` with the nono stand-in and nono_py, root-owned and 0755."""
+def install_nono_standin(host_dir: Path, standin: Path) -> Path:
+    """Fill `host_dir` with the Python nono stand-in and nono_py, root-owned and 0755.
+
+    `standin` is the stand-in's source file. It runs with this process's
+    base interpreter, which `python_runtime_mounts` makes visible in the
+    container.
+    """
     import nono_py
 
-    host_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(host_dir, 0o755)
+    prepare_host_dir(host_dir)
     binary = host_dir / "nono"
-    source = Path(nono_standin.__file__).read_text()
-    binary.write_text(f"#!{python_interpreter()} -I\n{source}")
+    binary.write_text(f"#!{python_interpreter()} -I\n{standin.read_text()}")
     os.chmod(binary, 0o755)
 
     library = host_dir / "lib" / "nono_py"
@@ -104,14 +107,47 @@ def install_nono_standin(host_dir: Path) -> Path:
     return binary
 
 
+def install_nono_binary(host_dir: Path, nono: Path) -> Path:
+    """Fill `host_dir` with a copy of a real nono binary, root-owned and 0755."""
+    prepare_host_dir(host_dir)
+    binary = host_dir / "nono"
+    shutil.copyfile(nono, binary)
+    os.chmod(binary, 0o755)
+    return binary
+
+
+def prepare_host_dir(host_dir: Path) -> None:
+    host_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(host_dir, 0o755)
+
+
 def bind_mount(source: str, destination: str, read_only: bool = True) -> dict:
     """Return an OCI bind mount."""
     options = ["rbind", "ro" if read_only else "rw", "nosuid", "nodev"]
     return {"destination": destination, "type": "bind", "source": source, "options": options}
 
 
+def missing_requirement(busybox: str | None, runc: str | None) -> str | None:
+    """Return why confined containers cannot run on this machine, or None when they can."""
+    if os.geteuid() != 0:
+        return "root is needed: runc runs the containers as root (run as root or with sudo)"
+    if runc is None:
+        return "runc is not installed (Debian and Ubuntu: apt-get install runc)"
+    if busybox is None:
+        return "busybox is not installed (Debian and Ubuntu: apt-get install busybox-static)"
+    try:
+        import nono_py
+    except ImportError:
+        return "nono-py is not installed (pip install nono-py, or pip install -e '.[test]' in a checkout)"
+    try:
+        nono_py.detect_abi()
+    except RuntimeError as error:
+        return f"Landlock is not available on this kernel: {error}"
+    return None
+
+
 class Runc:
-    """runc with a private state directory, so parallel test runs never meet."""
+    """runc with a private state directory, so parallel runs never meet."""
 
     def __init__(self, state_dir: Path, binary: str = "runc"):
         self.state_dir = state_dir
