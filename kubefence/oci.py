@@ -49,7 +49,7 @@ class ContainerResult:
 
 
 def build_rootfs(rootfs: Path, busybox: str) -> None:
-    """Create a busybox root filesystem with the files the tests read and write."""
+    """Create a busybox root filesystem with the files the demo and the tests read and write."""
     for name in ("bin", "etc", "proc", "dev", "sys", "usr", "srv", "root", "workspace"):
         (rootfs / name).mkdir(parents=True, exist_ok=True)
     (rootfs / "tmp").mkdir(mode=0o1777, exist_ok=True)
@@ -70,7 +70,7 @@ def build_rootfs(rootfs: Path, busybox: str) -> None:
 
 
 def python_runtime_mounts() -> list[dict]:
-    """Return read-only bind mounts that make the test's Python interpreter run in the container."""
+    """Return read-only bind mounts that make this process's Python interpreter run in the container."""
     sources = ["/usr"]
     prefix = os.path.realpath(sys.base_prefix)
     if prefix != "/usr" and not prefix.startswith("/usr/"):
