@@ -1,11 +1,11 @@
 """What the kubelet and the container runtime hand to NRI for a pod.
 
 `kubefence demo` and the end-to-end tests have no kubelet and no
-containerd, so these pure functions compute what they would send in
-RunPodSandbox and CreateContainer for a pod manifest (after admission):
-the sandbox with its runtime handler and annotations, and for each
-container its OCI args, env and mounts. They also turn the final
-container back into the process and mounts of an OCI runtime spec.
+containerd. These pure functions compute what those would send in
+RunPodSandbox and CreateContainer for a pod manifest after admission: the
+sandbox with its runtime handler and annotations, and each container's
+OCI args, env and mounts. They also put the final container into the
+process and mounts of an OCI runtime spec.
 
 The rules followed are the Kubernetes ones for `command` and `args`
 against the image's ENTRYPOINT and CMD, and env order image first, then
@@ -31,7 +31,7 @@ class UnsupportedPodError(ValueError):
 
 @dataclass(frozen=True)
 class Image:
-    """What the runtime reads from the image config."""
+    """The parts of an image config that a runtime reads to start a container."""
 
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
@@ -41,7 +41,7 @@ class Image:
 def sandbox(pod: Mapping, sandbox_id: str, handlers: Mapping[str, str] | None = None) -> Pod:
     """Return the NRI pod sandbox for a pod manifest.
 
-    `handlers` maps RuntimeClass names to CRI runtime handlers; a class
+    `handlers` maps RuntimeClass names to CRI runtime handlers. A class
     that is not in it is taken to have a handler of the same name.
     """
     metadata = pod.get("metadata") or {}
