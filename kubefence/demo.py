@@ -25,11 +25,13 @@ source checkout of an editable install. The stand-in is deliberately not
 part of the kubefence package: a wheel must not carry a fake nono that
 could end up in a node's nono directory.
 
-Exit codes: 0 when the pod ran as expected (for the sample pod: the two
-forbidden accesses failed and the two allowed ones worked), 1 when it did
-not or when the pod was rejected, 2 when this machine cannot run the demo
-(not root, no runc, busybox, Landlock, nono-py or stand-in) or the input is
-invalid.
+Init containers run first, then the containers, each once.
+
+Exit codes: 0 when the sample pod's two forbidden accesses failed and its
+two allowed ones worked, or every container of a `--pod` pod exited 0
+under kubefence; 1 when not, or when the pod was rejected; 2 when this
+machine cannot run the demo (not root, no runc, busybox, Landlock, nono-py
+or stand-in) or the input is invalid.
 """
 
 import argparse
@@ -111,6 +113,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--runc", default="runc", metavar="PATH", help="runc binary (default: %(default)s on PATH)")
     parser.add_argument(
         "--busybox", default="busybox", metavar="PATH", help="static busybox binary (default: %(default)s on PATH)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="stop a container that runs longer than this (default: %(default)s)",
     )
     parser.set_defaults(func=run_demo)
 

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import textwrap
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from typing import TextIO
 import yaml
 
 from kubefence import kubelet_sim, oci
+from kubefence.common.contracts import NONO_MOUNT_PATH
 from kubefence.common.policy import DEFAULT_POLICY, HostPathSource
 from kubefence.demo import EXIT_FAILED, EXIT_OK, SAMPLE_EXPECTED, SAMPLE_POD, DemoError
 from kubefence.nri.config import PluginConfig
@@ -101,8 +103,9 @@ def parse_accesses(output: str) -> dict[str, str]:
 class Demo:
     """One demo run in a temporary directory, printing each step to `out`."""
 
-    def __init__(self, out: TextIO, workdir: Path, runc: oci.Runc, busybox: str, nono: NonoSource):
+    def __init__(self, out: TextIO, workdir: Path, runc: oci.Runc, busybox: str, nono: NonoSource, timeout: float):
         self.out = out
+        self.timeout = timeout
         self.workdir = workdir
         self.runc = runc
         self.busybox = busybox
@@ -132,8 +135,12 @@ class Demo:
         if not decision.allowed:
             self.say(f"denied: {decision.message}")
             return None
-        self.say("JSON Patch:")
-        self.say(textwrap.indent(json.dumps(decision.patch, indent=2), "  "))
+        if not decision.patch:
+            self.say("JSON Patch: none, the pod stays as it is")
+        else:
+            self.say("JSON Patch (applied to the pod):")
+        for operation in decision.patch:
+            self.say(f"  {json.dumps(operation)}")
         return patched
 
     def create(self, pod: Mapping, container: Mapping, index: int) -> Container | None:
@@ -151,7 +158,8 @@ class Demo:
         if decision.adjustment is not None:
             for key, value in decision.adjustment.env:
                 self.say(f"env:   {key}={value}")
-            for mount in decision.adjustment.mounts:
+        for mount in final.mounts:
+            if mount.destination == NONO_MOUNT_PATH:
                 self.say(f"mount: {mount.source} -> {mount.destination} ({','.join(mount.options)})")
         return final
 
@@ -169,30 +177,33 @@ class Demo:
         except kubelet_sim.UnsupportedPodError as error:
             raise DemoError(f"cannot run the pod here: {error}") from None
 
-    def start(self, container: Container, working_dir: str | None, name: str) -> oci.ContainerResult:
-        """Run `container` to its end on a fresh busybox root filesystem."""
+    def start(self, container: Container, working_dir: str | None, name: str) -> oci.ContainerResult | None:
+        """Run `container` to its end on a fresh busybox root filesystem; None when it timed out."""
         bundle = self.workdir / "bundles" / name
         oci.build_rootfs(bundle / "rootfs", self.busybox)
         spec = self.runc.base_spec(bundle)
         if self.nono.is_standin:
             spec["mounts"].extend(oci.python_runtime_mounts())
         kubelet_sim.apply_to_spec(spec, container, working_dir)
-        return self.runc.run(bundle, spec)
+        try:
+            return self.runc.run(bundle, spec, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
 
 def run(args, out: TextIO) -> int:
     """Run the demo and return its exit code; raise DemoError when this machine cannot run it."""
-    busybox = shutil.which(args.busybox)
-    runc_path = shutil.which(args.runc)
-    reason = oci.missing_requirement(busybox, runc_path)
+    reason = oci.missing_requirement(args.busybox, args.runc)
     if reason:
         raise DemoError(f"cannot run containers here: {reason}")
+    busybox = shutil.which(args.busybox)
+    runc_path = shutil.which(args.runc)
     nono = find_nono(args.nono)
     pod, pod_text = load_pod(args.pod)
 
     with tempfile.TemporaryDirectory(prefix="kubefence-demo-") as workdir:
         workdir = Path(workdir)
-        demo = Demo(out, workdir, oci.Runc(workdir / "runc-state", runc_path), busybox, nono)
+        demo = Demo(out, workdir, oci.Runc(workdir / "runc-state", runc_path), busybox, nono, args.timeout)
         demo.install_nono()
         demo.say(f"kubefence demo: runc {runc_path}, busybox {busybox}, {nono.describe()}")
         demo.heading("1. Pod")
@@ -202,27 +213,39 @@ def run(args, out: TextIO) -> int:
         if patched is None:
             return EXIT_FAILED
         status = EXIT_OK
-        for index, container in enumerate(patched["spec"].get("containers") or ()):
+        # Init containers first, as the kubelet starts them; `index` counts both lists.
+        containers = [*(patched["spec"].get("initContainers") or ()), *(patched["spec"].get("containers") or ())]
+        originals = [*(pod["spec"].get("initContainers") or ()), *(pod["spec"].get("containers") or ())]
+        for index, (container, original) in enumerate(zip(containers, originals)):
             final = demo.create(patched, container, index)
             if final is None:
                 return EXIT_FAILED
-            status = max(status, report_run(demo, pod, container, final, index, sample=args.pod is None))
+            status = max(status, report_run(demo, pod, original, container, final, index, sample=args.pod is None))
         return status
 
 
-def report_run(demo: Demo, pod: Mapping, container: Mapping, final: Container, index: int, sample: bool) -> int:
-    """Run the container with and without kubefence, print both results and judge the sample's."""
+def report_run(
+    demo: Demo, pod: Mapping, original: Mapping, container: Mapping, final: Container, index: int, sample: bool
+) -> int:
+    """Run the container with and without kubefence, print both results and judge them.
+
+    `original` is the container as the pod manifest has it, `container` as
+    admission left it, and `final` as the NRI plugin left it.
+    """
     working_dir = container.get("workingDir")
     wrapped = demo.start(final, working_dir, f"{index}-wrapped")
-    original = (pod.get("spec") or {}).get("containers")[index]
     unwrapped = demo.start(demo.request(pod, original, index), working_dir, f"{index}-unwrapped")
 
     demo.heading(f"4. Container {container['name']!r} started by runc")
+    for label, result in (("with kubefence", wrapped), ("without kubefence", unwrapped)):
+        if result is None:
+            demo.say(f"{label}: still running after {demo.timeout:g} s, stopped; use --timeout to wait longer")
+            return EXIT_FAILED
     if not sample:
         for label, result in (("with kubefence", wrapped), ("without kubefence", unwrapped)):
             demo.say(f"{label}: exit code {result.exit_code}")
-            demo.say(textwrap.indent((result.stdout + result.stderr).rstrip(), "  "))
-        return EXIT_OK
+            demo.say(textwrap.indent((result.stdout + result.stderr).rstrip() or "(no output)", "  "))
+        return EXIT_OK if wrapped.exit_code == 0 else EXIT_FAILED
 
     with_kubefence = parse_accesses(wrapped.stdout)
     without = parse_accesses(unwrapped.stdout)
@@ -233,10 +256,14 @@ def report_run(demo: Demo, pod: Mapping, container: Mapping, final: Container, i
         if line.startswith("PID 1: "):
             demo.say(f"{line} (nono applied Landlock, then exec'd the pod's command)")
 
+    demo.say()
+    if not with_kubefence:
+        demo.say(f"Result: the container stopped before the pod's command ran (exit code {wrapped.exit_code}):")
+        demo.say(textwrap.indent((wrapped.stdout + wrapped.stderr).rstrip(), "  "))
+        return EXIT_FAILED
     confined = all(
         with_kubefence.get(access, "").startswith(expected) for access, expected in SAMPLE_EXPECTED.items()
     )
-    demo.say()
     if confined:
         demo.say("Result: the profile's grants held. The two forbidden accesses failed and the two allowed ones worked.")
         return EXIT_OK

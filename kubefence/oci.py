@@ -127,14 +127,17 @@ def bind_mount(source: str, destination: str, read_only: bool = True) -> dict:
     return {"destination": destination, "type": "bind", "source": source, "options": options}
 
 
-def missing_requirement(busybox: str | None, runc: str | None) -> str | None:
-    """Return why confined containers cannot run on this machine, or None when they can."""
+def missing_requirement(busybox: str = "busybox", runc: str = "runc") -> str | None:
+    """Return why confined containers cannot run on this machine, or None when they can.
+
+    `busybox` and `runc` are command names looked up on PATH, or paths.
+    """
     if os.geteuid() != 0:
         return "root is needed: runc runs the containers as root (run as root or with sudo)"
-    if runc is None:
-        return "runc is not installed (Debian and Ubuntu: apt-get install runc)"
-    if busybox is None:
-        return "busybox is not installed (Debian and Ubuntu: apt-get install busybox-static)"
+    if shutil.which(runc) is None:
+        return f"runc not found: {runc!r} (Debian and Ubuntu: apt-get install runc)"
+    if shutil.which(busybox) is None:
+        return f"busybox not found: {busybox!r} (Debian and Ubuntu: apt-get install busybox-static)"
     try:
         import nono_py
     except ImportError:

@@ -285,7 +285,12 @@ def wrap(argv, environ):
 
     if not caps.path_covered(workdir):
         os.chdir("/")
-    os.execvpe(command[0], command, child_environ)
+    try:
+        os.execvpe(command[0], command, child_environ)
+    except FileNotFoundError:
+        raise WrapError(f"command not found: {command[0]!r}") from None
+    except PermissionError as error:
+        raise WrapError(f"cannot execute {command[0]!r}: {error.strerror}") from None
 
 
 def main(argv=None):
