@@ -27,11 +27,14 @@ could end up in a node's nono directory.
 
 Init containers run first, then the containers, each once.
 
-Exit codes: 0 when the sample pod's two forbidden accesses failed and its
-two allowed ones worked, or every container of a `--pod` pod exited 0
-under kubefence; 1 when not, or when the pod was rejected; 2 when this
-machine cannot run the demo (not root, no runc, busybox, Landlock, nono-py
-or stand-in) or the input is invalid.
+Exit codes:
+
+* 0: the sample pod's two forbidden accesses failed and its two allowed
+  ones worked, or every container of a `--pod` pod exited 0 under
+  kubefence.
+* 1: they did not, or the pod was rejected.
+* 2: this machine cannot run the demo (not root, no runc, busybox,
+  Landlock, nono-py or stand-in), or the input is invalid.
 """
 
 import argparse
@@ -74,7 +77,7 @@ spec:
           value: "t-1042"
 """
 
-# What the sample pod's accesses must give under the "default" profile.
+# The outcome each of the sample pod's accesses must have under the "default" profile.
 SAMPLE_EXPECTED = {
     "read /etc/hosts": "allowed",
     "write /tmp/agent-notes": "allowed",
@@ -84,7 +87,7 @@ SAMPLE_EXPECTED = {
 
 
 class DemoError(Exception):
-    """A reason the demo cannot run here; the message says what to install or change."""
+    """A reason the demo cannot run here. The message names what to install or change."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -119,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=20.0,
         metavar="SECONDS",
-        help="stop a container that runs longer than this (default: %(default)s)",
+        help="stop a container that runs longer than this many seconds (default: %(default)s)",
     )
     parser.set_defaults(func=run_demo)
 

@@ -1,12 +1,12 @@
 """The servers of the full path: `kubefence webhook` over TLS and `kubefence nri` on a runtime simulator.
 
-There is no kube-apiserver, kubelet or containerd on the test machines, so
-the tests play their parts: they send the AdmissionReview and apply the
-returned JSON Patch as kube-apiserver does, compute the container the way
-the kubelet and the runtime do (`kubefence.kubelet_sim`), and drive the
-NRI plugin through `kubefence.nri.runtime_sim`, which speaks the runtime's
-side of the NRI protocol over a real unix socket. Both kubefence servers
-run as their real command, in a subprocess.
+There is no kube-apiserver, kubelet or containerd on the test machines,
+so the tests play their parts. They send the AdmissionReview and apply the
+returned JSON Patch as kube-apiserver does. They compute the container the
+way the kubelet and the runtime do (`kubefence.kubelet_sim`). They drive
+the NRI plugin through `kubefence.nri.runtime_sim`, which speaks the
+runtime's side of the NRI protocol over a real unix socket. Both kubefence
+servers run as their real command, in a subprocess.
 """
 
 import asyncio
@@ -27,7 +27,6 @@ import httpx
 import jsonpatch
 
 from kubefence.certs import pki
-from kubefence.nri.runtime_sim import RuntimeSimulator
 
 # Bounds for a server to come up and for one request.
 START_TIMEOUT_SECONDS = 30
@@ -195,6 +194,8 @@ class Node:
         settings = {"socket_path": self.socket_path, "state_dir": str(self.workdir / "state"), "metrics_address": "",
                     **self.settings}
         self.config_path.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items()))
+        from kubefence.nri.runtime_sim import RuntimeSimulator
+
         self.simulator = RuntimeSimulator(self.socket_path)
         self.loop.run(self.simulator.start())
         self.process = start_process(["nri", "--config", str(self.config_path)], self.log_path)

@@ -1,11 +1,11 @@
 """From a pod manifest to a process confined by Landlock, through every kubefence component.
 
 Each test sends a pod to `kubefence webhook` over TLS and applies the
-returned JSON Patch (or skips admission, as a pod does when the webhook is
-bypassed), creates its container through `kubefence nri` on the NRI
-runtime simulator with the args, env and mounts the kubelet and the
-runtime would compute, applies the result to a `runc spec` config and runs
-it with runc. Inside, the container tries file accesses and prints one
+returned JSON Patch, or skips admission as a pod does when the webhook is
+bypassed. It then creates the container through `kubefence nri` on the
+NRI runtime simulator, with the args, env and mounts the kubelet and the
+runtime would compute. The result goes into a `runc spec` config, and runc
+runs it. Inside, the container tries file accesses and prints one
 line for each. kube-apiserver, the kubelet and containerd are played by
 the test because none of them can run here (see e2e_harness.py).
 """
@@ -14,6 +14,7 @@ import copy
 import errno
 import json
 import os
+import signal
 import uuid
 from dataclasses import dataclass
 
@@ -97,7 +98,9 @@ def webhook(container_host, nono_host_dir, tmp_path_factory):
     policy = {"nonoVolume": {"hostPath": {"path": str(nono_host_dir), "type": "Directory"}}}
     server = e2e_harness.Webhook(tmp_path_factory.mktemp("webhook"), yaml.safe_dump(policy))
     yield server
-    assert server.close() == 0, server.log_path.read_text()
+    # uvicorn ends a SIGTERM shutdown by raising the signal again, so the
+    # status is -SIGTERM rather than 0.
+    assert server.close() in (0, -signal.SIGTERM), server.log_path.read_text()
 
 
 def start_node(tmp_path_factory, nono_host_dir, **settings):
@@ -185,6 +188,20 @@ def test_pod_path_decision_logged(run_pod, node):
     assert line["pod"] == pod["metadata"]["name"]
     assert line["container"] == "agent"
     assert line["runtime_handler"] == "nono-runc"
+
+
+def test_pod_path_admission_logged(run_pod, webhook):
+    pod = agent_pod()
+
+    run_pod(pod)
+
+    lines = [line for line in e2e_harness.log_lines(webhook.log_path) if line.get("pod") == pod["metadata"]["name"]]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line["decision"] == "inject"
+    assert line["profile"] == "default"
+    assert line["namespace"] == "agents"
+    assert line["runtime_class"] == "nono-runc"
 
 
 def test_pod_path_forbidden_access_denied(run_pod):

@@ -1,4 +1,4 @@
-"""Why `kubefence.oci` says containers cannot run here.
+"""The reasons `kubefence.oci` gives when containers cannot run here.
 
 The missing pieces are simulated with monkeypatch because the test
 machines have them all: the test process runs as root, with runc, busybox
