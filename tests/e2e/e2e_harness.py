@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -107,7 +108,8 @@ class Webhook:
             "--tls-cert-file", str(workdir / "tls.crt"), "--tls-private-key-file", str(workdir / "tls.key"),
             "--policy", str(workdir / "policy.yaml"),
         ], self.log_path)
-        self.client = httpx.Client(base_url=self.url, verify=str(self.ca_file), timeout=REQUEST_TIMEOUT_SECONDS)
+        trust = ssl.create_default_context(cafile=str(self.ca_file))
+        self.client = httpx.Client(base_url=self.url, verify=trust, timeout=REQUEST_TIMEOUT_SECONDS)
         self.wait_ready()
 
     def wait_ready(self) -> None:
@@ -191,27 +193,44 @@ class Node:
         self.socket_path = str(self.workdir / "nri.sock")
         self.log_path = self.workdir / "nri.log"
         self.config_path = self.workdir / "nri.toml"
-        settings = {"socket_path": self.socket_path, "state_dir": str(self.workdir / "state"), "metrics_address": "",
-                    **self.settings}
+        settings = {
+            "socket_path": self.socket_path,
+            "state_dir": str(self.workdir / "state"),
+            "metrics_address": f"127.0.0.1:{free_port()}",
+            **self.settings,
+        }
         self.config_path.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items()))
         from kubefence.nri.runtime_sim import RuntimeSimulator
 
         self.simulator = RuntimeSimulator(self.socket_path)
         self.loop.run(self.simulator.start())
         self.process = start_process(["nri", "--config", str(self.config_path)], self.log_path)
-        try:
-            self.loop.run(self.simulator.wait_plugin(timeout=START_TIMEOUT_SECONDS), START_TIMEOUT_SECONDS + 5)
-        except Exception as error:
-            stop_process(self.process)
-            raise RuntimeError(f"kubefence nri did not register: {error}: {self.log_path.read_text()}") from error
+        self.wait_registered()
+
+    def wait_registered(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                self.loop.run(self.simulator.wait_plugin(timeout=0.5))
+                return
+            except (TimeoutError, asyncio.TimeoutError):
+                continue
+        status = stop_process(self.process)
+        self.loop.run(self.simulator.stop())
+        self.loop.close()
+        raise RuntimeError(f"kubefence nri did not register (exit status {status}): {self.log_path.read_text()}")
 
     def create(self, sandbox, container):
         """Send RunPodSandbox and CreateContainer; return the simulator's CreateResult."""
         self.loop.run(self.simulator.run_pod_sandbox(sandbox))
         return self.loop.run(self.simulator.create_container(sandbox, container))
 
-    def decision_lines(self, container_id: str) -> list[dict]:
-        return [line for line in log_lines(self.log_path) if line.get("container_id") == container_id]
+    def decision_lines(self, container_id: str, event: str = "decision") -> list[dict]:
+        """Return the plugin's log lines for `container_id` with `event` ("decision" for CreateContainer)."""
+        return [
+            line for line in log_lines(self.log_path)
+            if line.get("container_id") == container_id and line.get("event") == event
+        ]
 
     def close(self) -> int:
         status = stop_process(self.process)

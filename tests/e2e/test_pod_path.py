@@ -84,6 +84,15 @@ class PodRun:
     result: object = None
 
     @property
+    def stage(self) -> str:
+        """Where the pod ended: "admission", "create" (both rejections) or "ran"."""
+        if self.admission is not None and not self.admission.allowed:
+            return "admission"
+        if self.create is not None and not self.create.ok:
+            return "create"
+        return "ran"
+
+    @property
     def rejected(self) -> str:
         """The rejection message of admission or of the create, or "" when the pod ran."""
         if self.admission is not None and not self.admission.allowed:
@@ -104,6 +113,7 @@ def webhook(container_host, nono_host_dir, tmp_path_factory):
 
 
 def start_node(tmp_path_factory, nono_host_dir, **settings):
+    pytest.importorskip("kubefence.nri.runtime_sim", reason="the NRI runtime simulator is not installed")
     return e2e_harness.Node(tmp_path_factory.mktemp("node"), {"nono_host_dir": str(nono_host_dir), **settings})
 
 
@@ -188,6 +198,8 @@ def test_pod_path_decision_logged(run_pod, node):
     assert line["pod"] == pod["metadata"]["name"]
     assert line["container"] == "agent"
     assert line["runtime_handler"] == "nono-runc"
+    validations = node.decision_lines(run.request.id, event="validation decision")
+    assert [line["decision"] for line in validations] == ["inject"]
 
 
 def test_pod_path_admission_logged(run_pod, webhook):
@@ -271,48 +283,73 @@ def own_nono_volume(host):
     return pod, {}
 
 
-def own_nono_subpath(host):
+def own_nono_subpath(host, mount_path="/nono"):
     pod = agent_pod()
     fake_nono_dir(host / "tools" / "nono")
     pod["spec"]["volumes"] = [{"name": "tools", "hostPath": {"path": str(host / "tools"), "type": "Directory"}}]
-    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "tools", "mountPath": "/nono/", "subPath": "nono"}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "tools", "mountPath": mount_path, "subPath": "nono"}]
     return pod, {}
 
 
 # Each way a pod can try to widen its sandbox: a function of a scratch
-# host directory that returns the pod and the files its image carries.
+# host directory that returns the pod and the files its image carries,
+# and where the attempt ends through the webhook and with the webhook
+# bypassed: rejected at "admission", rejected at "create" by the NRI
+# plugin, or "ran" with the profile's grants unchanged.
 WIDENING = {
-    "own-nono-volume": own_nono_volume,
-    "own-nono-subpath": own_nono_subpath,
-    "nono-allow": lambda host: (agent_pod(env=[("NONO_ALLOW", "/etc")]), {}),
-    "tmpdir": lambda host: (agent_pod(env=[("TMPDIR", "/etc")]), {}),
-    "xdg-config-home": lambda host: (
-        agent_pod(env=[("XDG_CONFIG_HOME", "/config")]),
-        {"/config/nono/profiles/default.json": WIDE_PROFILE},
+    "own-nono-volume": (own_nono_volume, "admission", "create"),
+    "own-nono-subpath": (own_nono_subpath, "admission", "create"),
+    "own-nono-trailing-slash": (lambda host: own_nono_subpath(host, "/nono/"), "admission", "create"),
+    "nono-allow": (lambda host: (agent_pod(env=[("NONO_ALLOW", "/etc")]), {}), "create", "create"),
+    "nono-profile": (
+        lambda host: (agent_pod(env=[("NONO_PROFILE", "/config/wide.json")]), {"/config/wide.json": WIDE_PROFILE}),
+        "ran",
+        "ran",
     ),
-    "home": lambda host: (
-        agent_pod(env=[("HOME", "/home/agent")]),
-        {"/home/agent/.config/nono/profiles/default.json": WIDE_PROFILE},
+    "ld-preload": (lambda host: (agent_pod(env=[("LD_PRELOAD", "/srv/evil.so")]), {}), "create", "create"),
+    "tmpdir": (lambda host: (agent_pod(env=[("TMPDIR", "/etc")]), {}), "ran", "ran"),
+    "xdg-config-home": (
+        lambda host: (
+            agent_pod(env=[("XDG_CONFIG_HOME", "/config")]),
+            {"/config/nono/profiles/default.json": WIDE_PROFILE},
+        ),
+        "ran",
+        "ran",
     ),
-    "profile-path-annotation": lambda host: (
-        agent_pod(annotations={PROFILE_ANNOTATION: "/config/wide.json"}),
-        {"/config/wide.json": WIDE_PROFILE},
+    "home": (
+        lambda host: (
+            agent_pod(env=[("HOME", "/home/agent")]),
+            {"/home/agent/.config/nono/profiles/default.json": WIDE_PROFILE},
+        ),
+        "ran",
+        "ran",
     ),
-    "allow-flag-annotation": lambda host: (agent_pod(annotations={PROFILE_ANNOTATION: "--allow=/etc"}), {}),
+    "profile-path-annotation": (
+        lambda host: (agent_pod(annotations={PROFILE_ANNOTATION: "/config/wide.json"}), {"/config/wide.json": WIDE_PROFILE}),
+        "admission",
+        "create",
+    ),
+    "allow-flag-annotation": (
+        lambda host: (agent_pod(annotations={PROFILE_ANNOTATION: "--allow=/etc"}), {}),
+        "admission",
+        "create",
+    ),
 }
 
 
 @pytest.mark.parametrize("through_webhook", [True, False], ids=["webhook", "webhook-bypassed"])
 @pytest.mark.parametrize("case", list(WIDENING))
 def test_pod_path_widening_never_wider(run_pod, tmp_path, case, through_webhook):
-    pod, image_files = WIDENING[case](tmp_path / "host")
+    build, through_webhook_outcome, bypassed_outcome = WIDENING[case]
+    pod, image_files = build(tmp_path / "host")
 
     run = run_pod(pod, through_webhook=through_webhook, image_files=image_files)
 
-    if run.rejected:
-        return
-    assert run.result.exit_code == 0, run.result.stderr
-    assert probe_results(run.result.stdout) == CONFINED
+    expected = through_webhook_outcome if through_webhook else bypassed_outcome
+    assert run.stage == expected, run.rejected
+    if expected == "ran":
+        assert run.result.exit_code == 0, run.result.stderr
+        assert probe_results(run.result.stdout) == CONFINED
 
 
 # Profile annotations that reach the node when the webhook is bypassed.
