@@ -301,11 +301,6 @@ WIDENING = {
     "own-nono-subpath": (own_nono_subpath, "admission", "create"),
     "own-nono-trailing-slash": (lambda host: own_nono_subpath(host, "/nono/"), "admission", "create"),
     "nono-allow": (lambda host: (agent_pod(env=[("NONO_ALLOW", "/etc")]), {}), "create", "create"),
-    "nono-profile": (
-        lambda host: (agent_pod(env=[("NONO_PROFILE", "/config/wide.json")]), {"/config/wide.json": WIDE_PROFILE}),
-        "ran",
-        "ran",
-    ),
     "ld-preload": (lambda host: (agent_pod(env=[("LD_PRELOAD", "/srv/evil.so")]), {}), "create", "create"),
     "tmpdir": (lambda host: (agent_pod(env=[("TMPDIR", "/etc")]), {}), "ran", "ran"),
     "xdg-config-home": (
