@@ -51,6 +51,11 @@ class Container:
     annotations: Mapping[str, str] = field(default_factory=dict)
     # NRI ContainerState enum value; 0 (unknown) at CreateContainer.
     state: int = 0
+    # The seccomp policy in the container's OCI spec, in the JSON shape of
+    # the OCI runtime spec `linux.seccomp` (defaultAction, architectures,
+    # syscalls with names, action, errnoRet and args), or None when the
+    # container runs without seccomp.
+    seccomp_policy: Mapping | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,9 @@ class Decision:
     adjustment: Adjustment | None = None
     # True when policy replaced an invalid or missing profile by the default.
     fallback: bool = False
+    # Something the I/O shell logs at warning level next to the decision, for
+    # example a skipped pod that carries the profile annotation. Empty if none.
+    warning: str = ""
 
     @property
     def message(self) -> str:

@@ -1,0 +1,206 @@
+"""Run the webhook: policy, TLS, the FastAPI app under uvicorn, and the background tasks.
+
+Start-up runs in this order, and the server accepts connections only after
+every step succeeded, so /readyz never reports ready without a policy and a
+certificate:
+
+1. load the policy (the file given, or the embedded default);
+2. find the TLS pair, or generate a self-signed one for local use;
+3. build the app and the uvicorn Config, and load the Config, which builds
+   the live ssl.SSLContext (`WebhookServer.ssl_context`);
+4. start the policy watcher (and, later, the certificate reloader);
+5. serve until SIGINT or SIGTERM, which is a clean exit.
+"""
+
+import asyncio
+import ipaddress
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from kubefence.certs import pki
+from kubefence.common.logs import get_logger
+from kubefence.common.policy import DEFAULT_POLICY
+from kubefence.webhook.app import create_app
+from kubefence.webhook.state import PolicyWatcher, WebhookState
+
+# Go HTTP clients such as kube-apiserver close idle connections after 90 s;
+# a longer server-side timeout lets them reuse connections instead of
+# paying a new TLS handshake.
+KEEP_ALIVE_TIMEOUT_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Options of `kubefence webhook`."""
+
+    host: str = "0.0.0.0"
+    port: int = 8443
+    # PEM files; both or neither. Neither: a self-signed pair is generated.
+    tls_cert_file: str | None = None
+    tls_private_key_file: str | None = None
+    # Policy YAML file; None: the embedded default policy, never reloaded.
+    policy_file: str | None = None
+    # The webhook's own namespace, always exempt; empty when unknown.
+    namespace: str = ""
+    # Seconds between two reads of the policy file.
+    policy_interval: float = 2.0
+    keep_alive_timeout: int = KEEP_ALIVE_TIMEOUT_SECONDS
+    # Where a generated self-signed pair is written; None: a new temporary directory.
+    self_signed_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_private_key_file is None):
+            raise ValueError(
+                "--tls-cert-file and --tls-private-key-file must be given together "
+                f"(got cert {self.tls_cert_file!r}, key {self.tls_private_key_file!r})"
+            )
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"invalid port {self.port!r}; expected 0 to 65535")
+        if self.policy_interval <= 0:
+            raise ValueError(f"invalid policy interval {self.policy_interval!r}; expected a positive number of seconds")
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert_file: str
+    key_file: str
+    # The CA that signed a generated pair; None for files the user gave.
+    ca_file: str | None = None
+
+
+def generate_self_signed(directory: str | None, host: str) -> TlsFiles:
+    """Write a new CA and a serving pair for localhost (and `host`) into `directory`.
+
+    The key file is created with mode 0600. For local use only: a cluster
+    gets its certificate from the chart or cert-manager.
+    """
+    target = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="kubefence-webhook-"))
+    target.mkdir(parents=True, exist_ok=True)
+    dns_names = ["localhost"]
+    ip_addresses = ["127.0.0.1", "::1"]
+    try:
+        address = ipaddress.ip_address(host)
+        if not address.is_unspecified and str(address) not in ip_addresses:
+            ip_addresses.append(str(address))
+    except ValueError:
+        if host not in dns_names:
+            dns_names.append(host)
+    # CA first, then the serving pair it signs; only the CA certificate is
+    # meant to leave this directory.
+    ca = pki.generate_ca(common_name="kubefence-webhook-local-ca")
+    serving = pki.generate_serving(ca, dns_names=dns_names, ip_addresses=ip_addresses)
+    ca_file = target / "ca.crt"
+    cert_file = target / "tls.crt"
+    key_file = target / "tls.key"
+    ca_file.write_bytes(ca.cert_pem)
+    cert_file.write_bytes(serving.cert_pem)
+    descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as stream:
+        stream.write(serving.key_pem)
+    return TlsFiles(str(cert_file), str(key_file), str(ca_file))
+
+
+class WebhookServer:
+    """A configured webhook, ready to serve: the state, the app and the uvicorn server."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.log = get_logger("kubefence.webhook.server")
+        self.state = WebhookState(own_namespace=settings.namespace)
+
+        # 1. Policy: a bad file at start is fatal, because there is no last good one.
+        self.policy_watcher: PolicyWatcher | None = None
+        if settings.policy_file is not None:
+            self.policy_watcher = PolicyWatcher(settings.policy_file, self.state)
+            self.policy_watcher.load_initial()
+        else:
+            self.state.policy = DEFAULT_POLICY
+            self.log.info("no policy file given; using the embedded default policy")
+
+        # 2. TLS pair.
+        if settings.tls_cert_file is not None:
+            self.tls = TlsFiles(settings.tls_cert_file, settings.tls_private_key_file)
+        else:
+            self.tls = generate_self_signed(settings.self_signed_dir, settings.host)
+            self.log.warning(
+                "no certificate given; generated a self-signed pair for local use",
+                ca_file=self.tls.ca_file,
+                cert_file=self.tls.cert_file,
+            )
+
+        # 3. App and uvicorn Config. Loading the Config builds the SSLContext
+        # now, so a bad certificate fails here and not at the first request.
+        self.app = create_app(self.state)
+        self.config = uvicorn.Config(
+            self.app,
+            host=settings.host,
+            port=settings.port,
+            ssl_certfile=self.tls.cert_file,
+            ssl_keyfile=self.tls.key_file,
+            timeout_keep_alive=settings.keep_alive_timeout,
+            timeout_graceful_shutdown=10,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            lifespan="off",
+        )
+        self.config.load()
+        self.ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.state.readiness.set(
+            "certificate", lambda: None if self.config.ssl is not None else "no TLS certificate loaded"
+        )
+        self.server = uvicorn.Server(self.config)
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """The live SSLContext uvicorn serves with; loading a new chain into it affects new handshakes."""
+        return self.config.ssl
+
+    def start_certificate_reloader(self) -> asyncio.Task | None:
+        """Start the certificate reloader task.
+
+        NOTE: certificate hot reload is not built yet. It belongs here: a task
+        that watches `self.tls` by content hash, loads a new chain into
+        `self.ssl_context`, keeps the last good pair on error, and replaces
+        the "certificate" readiness check through `self.state.readiness.set`.
+        """
+        return None
+
+    async def serve(self) -> None:
+        # 4. Background tasks, cancelled when the server stops.
+        tasks: list[asyncio.Task] = []
+        if self.policy_watcher is not None:
+            tasks.append(asyncio.create_task(self.policy_watcher.run(self.settings.policy_interval)))
+        reloader = self.start_certificate_reloader()
+        if reloader is not None:
+            tasks.append(reloader)
+        self.log.info(
+            "webhook starting",
+            host=self.settings.host,
+            port=self.settings.port,
+            policy_file=self.settings.policy_file or "",
+            namespace=self.settings.namespace,
+            readiness_checks=self.state.readiness.names(),
+        )
+        # 5. Serve; uvicorn handles SIGINT and SIGTERM with a graceful shutdown.
+        try:
+            await self.server.serve()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.log.info("webhook stopped")
+
+
+def run(settings: ServeSettings) -> None:
+    """Build the server and serve until stopped."""
+    server = WebhookServer(settings)
+    # uvicorn's choice of event loop (uvloop when installed).
+    loop_factory = server.config.get_loop_factory() if hasattr(server.config, "get_loop_factory") else None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(server.serve())
