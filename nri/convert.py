@@ -61,11 +61,16 @@ def container_from_proto(container: api_pb2.Container) -> model.Container:
         mounts=tuple(mount_from_proto(mount) for mount in container.mounts),
         annotations=dict(container.annotations),
         state=container.state,
+        seccomp_policy=(
+            seccomp_from_proto(container.linux.seccomp_policy)
+            if container.HasField("linux") and container.linux.HasField("seccomp_policy")
+            else None
+        ),
     )
 
 
 def container_to_proto(container: model.Container) -> api_pb2.Container:
-    return api_pb2.Container(
+    message = api_pb2.Container(
         id=container.id,
         pod_sandbox_id=container.pod_sandbox_id,
         name=container.name,
@@ -75,6 +80,9 @@ def container_to_proto(container: model.Container) -> api_pb2.Container:
         mounts=[mount_to_proto(mount) for mount in container.mounts],
         annotations=dict(container.annotations),
     )
+    if container.seccomp_policy is not None:
+        message.linux.seccomp_policy.CopyFrom(seccomp_to_proto(container.seccomp_policy))
+    return message
 
 
 def adjustment_to_proto(adjustment: model.Adjustment) -> api_pb2.ContainerAdjustment:

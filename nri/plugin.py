@@ -233,9 +233,10 @@ class Session:
         store.reconcile(live)
         for container in model_containers:
             pod = pods_by_id.get(container.pod_sandbox_id)
-            if pod is None or container.id in unwrapped or not _is_wrapped(container):
+            profile = self.decider.wrapped_profile(container.args)
+            if pod is None or container.id in unwrapped or profile is None:
                 continue
-            store.write(_audit_record(pod, container, _wrapped_profile(container)))
+            store.write(container.id, _audit_record(pod, container, profile))
 
     def shutdown(self, request: api_pb2.Empty) -> api_pb2.Empty:
         self.log.info("runtime is shutting down", runtime=self.runtime)
@@ -257,7 +258,7 @@ class Session:
         store = self.plugin.audit_store
         if store is not None:
             record = _audit_record(pod, container, decision.profile)
-            self.plugin.defer(lambda: store.write(record))
+            self.plugin.defer(lambda: store.write(container.id, record))
         return api_pb2.CreateContainerResponse(adjust=convert.adjustment_to_proto(decision.adjustment))
 
     def validate_container_adjustment(
@@ -313,6 +314,8 @@ class Session:
             self.log.warning(event, fallback=True, **fields)
         else:
             self.log.info(event, **fields)
+        if decision.warning:
+            self.log.warning(decision.warning, **fields)
 
 
 def _acknowledge(reply_type: type) -> Callable[[Any], Any]:
@@ -326,17 +329,6 @@ def _profile_annotation() -> str:
     from kubefence.common.contracts import PROFILE_ANNOTATION
 
     return PROFILE_ANNOTATION
-
-
-def _is_wrapped(container: model.Container) -> bool:
-    from kubefence.common.contracts import NONO_BINARY_PATH
-
-    return len(container.args) >= 5 and container.args[0] == NONO_BINARY_PATH and container.args[1] == "wrap"
-
-
-def _wrapped_profile(container: model.Container) -> str:
-    args = container.args
-    return args[3] if len(args) > 3 and args[2] == "--profile" else ""
 
 
 def _audit_record(pod: model.Pod, container: model.Container, profile: str) -> dict[str, str]:
