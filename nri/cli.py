@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     # 1. Landlock, before anything else: without it nono fails every container.
     try:
-        abi = checks.check_landlock()
-    except checks.StartupCheckError as error:
+        abi = checks.landlock_abi()
+    except checks.LandlockUnavailableError as error:
         log.error("start-up check failed", check="landlock", error=str(error))
         print(f"kubefence nri: {error}", file=sys.stderr)
         return EXIT_STARTUP_FAILED
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     # 3. The nono binary the containers will run.
     try:
         checks.check_nono_binary(config.nono_host_dir)
-    except checks.StartupCheckError as error:
+    except (checks.NonoBinaryError, OSError) as error:
         log.error("start-up check failed", check="nono_binary", error=str(error))
         print(f"kubefence nri: {error}", file=sys.stderr)
         return EXIT_STARTUP_FAILED

@@ -71,6 +71,8 @@ class Multiplexer:
         self._error: RemoteProtocolError | None = None
         # Frames dropped because their conn id is neither 1 nor 2.
         self.dropped_frames = 0
+        # Largest payload length of any frame received so far.
+        self.largest_received_frame = 0
 
     def receive_data(self, data: bytes) -> list[tuple[int, bytes]]:
         """Consume received bytes and return `(conn_id, payload_bytes)` pieces in order.
@@ -117,6 +119,8 @@ class Multiplexer:
             )
         if conn_id not in KNOWN_CONNS:
             self.dropped_frames += 1
+        if length > self.largest_received_frame:
+            self.largest_received_frame = length
         self._conn_id = conn_id
         self._remaining = length
 

@@ -53,7 +53,7 @@ from typing import Any
 
 from kubefence.nri import api_pb2, convert, model
 from kubefence.nri.errors import ProtocolError
-from kubefence.nri.mux import MAX_FRAME_PAYLOAD
+from kubefence.nri.mux import MAX_FRAME_PAYLOAD, MAX_PLUGIN_FRAME_PAYLOAD
 from kubefence.nri.ttrpc import (
     MAX_MESSAGE_LENGTH,
     UNIMPLEMENTED,
@@ -172,7 +172,11 @@ class _RuntimeProtocol(asyncio.Protocol):
 
     def __init__(self, simulator: "RuntimeSimulator"):
         self.simulator = simulator
-        self.connection = Connection.for_runtime(max_send_payload=simulator.max_frame_payload)
+        # The runtime reads each conn through a 4096-byte buffer and closes a
+        # plugin whose frame does not fit.
+        self.connection = Connection.for_runtime(
+            max_send_payload=simulator.max_frame_payload, max_receive_payload=simulator.plugin_frame_limit
+        )
         self.transport: asyncio.Transport | None = None
         self.calls: dict[int, asyncio.Future] = {}
         loop = asyncio.get_running_loop()
@@ -191,6 +195,7 @@ class _RuntimeProtocol(asyncio.Protocol):
             events = self.connection.receive_data(data)
         except ProtocolError as error:
             self.protocol_error = str(error)
+            self.simulator._note(f"plugin connection broke the protocol: {error}")
             self.abort()
             return
         for event in events:
@@ -295,6 +300,7 @@ class RuntimeSimulator:
         supports_validation: bool = True,
         per_event_methods: bool = False,
         max_frame_payload: int = MAX_FRAME_PAYLOAD,
+        plugin_frame_limit: int = MAX_PLUGIN_FRAME_PAYLOAD,
         max_message_length: int = MAX_MESSAGE_LENGTH,
         undo_failed_creates: bool = True,
         metadata: tuple[tuple[str, str], ...] = (("containerd-namespace-ttrpc", "k8s.io"),),
@@ -308,6 +314,7 @@ class RuntimeSimulator:
         self.valid_events = VALID_EVENTS if supports_validation else VALID_EVENTS_WITHOUT_VALIDATION
         self.per_event_methods = per_event_methods
         self.max_frame_payload = max_frame_payload
+        self.plugin_frame_limit = plugin_frame_limit
         self.max_message_length = max_message_length
         self.undo_failed_creates = undo_failed_creates
         self.metadata = metadata
@@ -613,7 +620,6 @@ class RuntimeSimulator:
         ]
         participants += self.virtual_plugins
         participants.sort(key=lambda p: (p.index, p.name))
-        validators = [p for p in self.plugins if p.subscribed(Event.VALIDATE_CONTAINER_ADJUSTMENT)]
         consulted: list[tuple[str, str]] = []
 
         for plugin in participants:
@@ -637,6 +643,8 @@ class RuntimeSimulator:
                 return CreateResult(None, merge.adjustment(), error=message, dropped=dropped, replies=replies)
 
         merged = merge.adjustment()
+        # Plugins dropped above are gone from self.plugins.
+        validators = [p for p in self.plugins if p.subscribed(Event.VALIDATE_CONTAINER_ADJUSTMENT)]
         if validators:
             request = api_pb2.ValidateContainerAdjustmentRequest(
                 pod=convert.pod_to_proto(pod),

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from kubefence.nri import ttrpc_pb2
 from kubefence.nri.errors import LocalProtocolError, RemoteProtocolError
 from kubefence.nri.mux import (
+    MAX_FRAME_PAYLOAD,
     MAX_PLUGIN_FRAME_PAYLOAD,
     PLUGIN_SERVICE_CONN,
     RUNTIME_SERVICE_CONN,
@@ -158,6 +159,7 @@ class Connection:
         serve_conn: int,
         call_conn: int,
         max_send_payload: int = MAX_PLUGIN_FRAME_PAYLOAD,
+        max_receive_payload: int = MAX_FRAME_PAYLOAD,
         max_message_length: int = MAX_MESSAGE_LENGTH,
     ):
         if {serve_conn, call_conn} != {PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN}:
@@ -166,7 +168,7 @@ class Connection:
             )
         self.serve_conn = serve_conn
         self.call_conn = call_conn
-        self.mux = Multiplexer(max_send_payload=max_send_payload)
+        self.mux = Multiplexer(max_send_payload=max_send_payload, max_receive_payload=max_receive_payload)
         self._readers = {
             serve_conn: MessageReader(max_message_length),
             call_conn: MessageReader(max_message_length),
