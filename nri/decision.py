@@ -149,9 +149,7 @@ def decide_create(pod: Pod, container: Container, config: PluginConfig) -> Decis
         args=("", *wrapper_prefix(profile), *container.args) if needs_prefix else None,
         env=env_adjustment(container.env, profile),
         mounts=nono_mount_adjustment(mount_check, config.nono_host_dir),
-        seccomp=seccomp.seccomp_adjustment(config.seccomp_profile, container.seccomp_policy)
-        if config.seccomp_profile
-        else None,
+        seccomp=seccomp.seccomp_adjustment(config.seccomp_profile, container.seccomp_policy),
     )
     if adjustment.is_empty():
         reason = f"already wrapped with profile {profile!r}, trusted read-only {NONO_MOUNT_PATH} and pinned env"
