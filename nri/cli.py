@@ -93,7 +93,7 @@ async def serve(config, stop=None) -> None:
     from kubefence.nri.health import HealthServer
     from kubefence.nri.metrics import Metrics
     from kubefence.nri.plugin import Plugin
-    from kubefence.nri.runner import Runner, make_deferrer
+    from kubefence.nri.runner import DeferredWork, Runner
 
     log = get_logger("kubefence.nri")
     loop = asyncio.get_running_loop()
@@ -102,8 +102,8 @@ async def serve(config, stop=None) -> None:
         loop.add_signal_handler(signal_number, stop.set)
 
     metrics = Metrics()
-    defer, executor = make_deferrer(log)
-    plugin = Plugin(config, audit_store=AuditStore(config.state_dir), metrics=metrics, defer=defer)
+    deferred = DeferredWork(log)
+    plugin = Plugin(config, audit_store=AuditStore(config.state_dir), metrics=metrics, defer=deferred)
     runner = Runner(config, plugin, stop=stop)
     metrics.registered.set_function(lambda: 1 if runner.ready else 0)
 
@@ -116,7 +116,7 @@ async def serve(config, stop=None) -> None:
     finally:
         if health is not None:
             await health.close()
-        executor.shutdown(wait=True)
+        deferred.close()
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signal_number)
 

@@ -73,14 +73,15 @@ class Plugin:
         decider: Any = None,
         audit_store: Any = None,
         metrics: Metrics | None = None,
-        defer: Callable[[Callable[[], None]], Any] | None = None,
+        defer: Callable[..., Any] | None = None,
     ):
         self.config = config
         self.decider = decider if decider is not None else importlib.import_module("kubefence.nri.decision")
         self.audit_store = audit_store
         self.metrics = metrics or Metrics()
-        # Runs `fn` after the reply; the default runs it at once (tests without a runner).
-        self.defer = defer or (lambda fn: fn())
+        # defer(fn, key=None) runs `fn` after the reply; work with the same key
+        # may be coalesced. The default runs it at once (tests without a runner).
+        self.defer = defer or (lambda fn, key=None: fn())
         self.log = get_logger("kubefence.nri.plugin")
         # Set when the runtime closed the connection right after a Configure
         # reply that asked for ValidateContainerAdjustment.
@@ -258,7 +259,7 @@ class Session:
         store = self.plugin.audit_store
         if store is not None:
             record = _audit_record(pod, container, decision.profile)
-            self.plugin.defer(lambda: store.write(container.id, record))
+            self.plugin.defer(lambda: store.write(container.id, record), key=container.id)
         return api_pb2.CreateContainerResponse(adjust=convert.adjustment_to_proto(decision.adjustment))
 
     def validate_container_adjustment(
@@ -293,7 +294,7 @@ class Session:
         """Drop the audit record of a container, by id only; unknown ids are fine."""
         store = self.plugin.audit_store
         if store is not None and container_id:
-            self.plugin.defer(lambda: store.remove(container_id))
+            self.plugin.defer(lambda: store.remove(container_id), key=container_id)
 
     def _log_decision(
         self, decision: model.Decision, pod: model.Pod, container: model.Container, *, validation: bool = False

@@ -20,10 +20,11 @@ one worker thread after the reply.
 """
 
 import asyncio
-import concurrent.futures
 import errno
 import fcntl
+import itertools
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -301,18 +302,58 @@ class Runner:
         self.log.warning("connection to the runtime closed; reconnecting", runtime=session.runtime)
 
 
-def make_deferrer(log: Any) -> tuple[Callable[[Callable[[], None]], Any], concurrent.futures.ThreadPoolExecutor]:
-    """Return a `defer` function that runs work on one worker thread, in order, logging failures."""
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubefence-nri-worker")
+class DeferredWork:
+    """Run plugin work after the replies, in order, on one worker thread.
 
-    def run(fn: Callable[[], None]) -> None:
-        try:
-            fn()
-        except Exception as error:  # the reply went out already; keep the worker alive
-            log.warning("deferred plugin work failed", error=repr(error), exc_info=error)
+    Work submitted with a key replaces work still queued under the same key,
+    keeping its place in the queue. The plugin keys audit writes and
+    removals by container id, because only the last operation on a record
+    matters. The queue holds at most `max_pending` entries: an audit write
+    with fsync takes milliseconds, so a burst of creates faster than the disk
+    could otherwise grow it without bound. Work beyond the limit is dropped,
+    counted and logged; the next Synchronize rebuilds the audit records.
+    """
 
-    def defer(fn: Callable[[], None]) -> Any:
-        return executor.submit(run, fn)
+    def __init__(self, log: Any, max_pending: int = 10_000):
+        self.log = log
+        self.max_pending = max_pending
+        self.dropped = 0
+        self._drop_log = RateLimitedLog(log)
+        self._pending: dict[Any, Callable[[], None]] = {}
+        self._condition = threading.Condition()
+        self._sequence = itertools.count()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name="kubefence-nri-worker", daemon=True)
+        self._thread.start()
 
-    return defer, executor
+    def __call__(self, fn: Callable[[], None], key: Any = None) -> None:
+        with self._condition:
+            if key is None:
+                key = ("unkeyed", next(self._sequence))
+            if key not in self._pending and len(self._pending) >= self.max_pending:
+                self.dropped += 1
+                self._drop_log.warning("deferred work queue full; dropping work", dropped=self.dropped)
+                return
+            self._pending[key] = fn
+            self._condition.notify()
 
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Finish the queued work and stop the worker."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+        self._thread.join(timeout)
+
+    def _work(self) -> None:
+        while True:
+            with self._condition:
+                while not self._pending and not self._closed:
+                    self._condition.wait()
+                if not self._pending:
+                    return
+                key = next(iter(self._pending))
+                fn = self._pending.pop(key)
+            try:
+                fn()
+            except Exception as error:  # the reply went out already; keep the worker alive
+                self.log.warning("deferred plugin work failed", error=repr(error), exc_info=error)

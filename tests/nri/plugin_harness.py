@@ -36,7 +36,7 @@ def make_host_dir(path: Path) -> Path:
 
 
 class PluginProcess:
-    """One `python -m kubefence.nri.cli --config FILE` child process."""
+    """One `kubefence nri --config FILE` child process (run as `python -m kubefence nri`)."""
 
     def __init__(self, workdir: Path, socket_path: str, *, name: str = "plugin", **settings):
         self.workdir = workdir
@@ -73,7 +73,7 @@ class PluginProcess:
         """Start the plugin; `prefix` is a command that runs it, such as setpriv."""
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "kubefence.nri.cli", "--config", str(self.config_path), *extra_args],
+            [*prefix, sys.executable, "-m", "kubefence", "nri", "--config", str(self.config_path), *extra_args],
             stdout=log,
             stderr=log,
         )

@@ -3,8 +3,8 @@
 The runtime side is `kubefence.nri.runtime_sim.RuntimeSimulator`, which
 speaks the captured wire format and applies adjustments the way the NRI
 runtime library and its OCI generator do. No containerd runs here: the
-simulator stands in for it. The plugin is `python -m kubefence.nri.cli`,
-the same code as `kubefence nri`.
+simulator stands in for it. The plugin is `kubefence nri`, started as
+`python -m kubefence nri` so the test's virtual environment is used.
 """
 
 import asyncio
