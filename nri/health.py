@@ -28,9 +28,9 @@ READ_TIMEOUT = 5.0
 
 
 def parse_address(address: str) -> tuple[str, int]:
-    """Split "host:port" (host may be empty, meaning all interfaces, or a bracketed IPv6 address)."""
+    """Split "host:port"; an empty host means all interfaces, port 0 an ephemeral port."""
     host, separator, port = address.rpartition(":")
-    if not separator or not port.isdigit() or not 0 < int(port) < 65536:
+    if not separator or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"invalid metrics address {address!r}; expected HOST:PORT, for example 127.0.0.1:9464")
     return host.strip("[]") or "0.0.0.0", int(port)
 

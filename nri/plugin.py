@@ -52,6 +52,10 @@ BASE_EVENTS = (
 # 0x2000. Runtimes older than NRI v0.10 fail Configure on it ("invalid plugin events: 0x2000").
 VALIDATE_EVENT = event_bit(Event.VALIDATE_CONTAINER_ADJUSTMENT)
 
+# The NRI release whose plugin API this implementation follows (dedicated
+# event methods, Container.image). Runtimes since NRI v0.12 only log it.
+NRI_API_VERSION = "v0.12.0"
+
 _VERSION = re.compile(r"v?(\d+)\.(\d+)")
 
 
@@ -158,12 +162,10 @@ class Session:
     # ---- registration ----
 
     def registration_request(self) -> api_pb2.RegisterPluginRequest:
-        from kubefence import __version__
-
         return api_pb2.RegisterPluginRequest(
             plugin_name=self.config.plugin_name,
             plugin_idx=self.config.plugin_index,
-            NRI_version=f"kubefence-{__version__}",
+            NRI_version=NRI_API_VERSION,
         )
 
     def configure(self, request: api_pb2.ConfigureRequest) -> api_pb2.ConfigureResponse:
