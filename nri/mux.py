@@ -4,8 +4,8 @@ NRI runs two ttrpc connections over one unix stream socket. Every frame is
 an 8-byte header, `conn_id` then `length` (both uint32, big-endian),
 followed by exactly `length` payload bytes:
 
-* conn 1 carries the Plugin service: the runtime calls, the plugin answers;
-* conn 2 carries the Runtime service: the plugin calls, the runtime answers;
+* conn 1 carries the Plugin service: the runtime calls, the plugin replies;
+* conn 2 carries the Runtime service: the plugin calls, the runtime replies;
 * conn 0 is reserved and never valid.
 
 Each direction of each conn is a byte stream. Frame boundaries need not

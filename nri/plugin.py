@@ -68,7 +68,7 @@ def runtime_supports_validation(nri_version: str) -> bool | None:
 
 
 class Plugin:
-    """What the plugin keeps across connections."""
+    """State the plugin keeps across connections."""
 
     def __init__(
         self,
@@ -142,7 +142,7 @@ class Session:
             ),
         }
         # NRI v0.12 sends these events through methods of their own; the
-        # plugin acts on none of them but must answer, or the runtime fails
+        # plugin acts on none of them but must reply, or the runtime fails
         # the pod. They never return an error.
         for name in (
             "RunPodSandbox",

@@ -7,7 +7,7 @@ Start-up and every reconnect follow the same steps:
 3. send Runtime/RegisterPlugin at once: the runtime registers one new
    connection at a time, and an idle connection holds up every plugin
    behind it;
-4. answer Configure, Synchronize and the subscribed events until the
+4. reply to Configure, Synchronize and the subscribed events until the
    runtime closes the connection;
 5. wait (0.25 s at first, doubling up to 5 s) and go back to step 2 with a
    fresh Connection and Session, so stream ids start at 1 again and nothing

@@ -1,7 +1,7 @@
 """ttrpc service dispatch: method name to handler, request type and reply type.
 
 `Dispatcher.dispatch` decodes a request payload, calls the handler and
-encodes the reply, or returns the ttrpc status that answers the call:
+encodes the reply, or returns the ttrpc status to reply with:
 
 * unknown service: 12 (Unimplemented), message "service <name>";
 * unknown method: 12 (Unimplemented), message "method <name>";
@@ -34,7 +34,7 @@ class Method:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """The answer to one call: reply payload on success, else a status."""
+    """The result of one call: reply payload on success, else a status."""
 
     payload: bytes = b""
     status: tuple[int, str] | None = None

@@ -129,7 +129,7 @@ class RequestReceived:
 
 @dataclass(frozen=True, slots=True)
 class InvalidRequestReceived:
-    """The peer sent a request whose envelope does not decode; answer it with status 3."""
+    """The peer sent a request whose envelope does not decode, to be rejected with status 3."""
 
     stream_id: int
     error: str
@@ -137,7 +137,7 @@ class InvalidRequestReceived:
 
 @dataclass(frozen=True, slots=True)
 class ResponseReceived:
-    """The peer answered a call this side made."""
+    """The peer replied to a call this side made."""
 
     stream_id: int
     response: ttrpc_pb2.Response
@@ -150,7 +150,7 @@ class Connection:
     """One end of an NRI socket: serves calls on `serve_conn` and makes calls on `call_conn`.
 
     A reconnect needs a new Connection, so stream ids start again at 1 and
-    nothing from the old socket can be answered on the new one.
+    no call from the old socket gets a reply on the new one.
     """
 
     def __init__(
@@ -253,7 +253,7 @@ class Connection:
         return stream_id, self.mux.send_data(self.call_conn, data)
 
     def send_response(self, stream_id: int, payload: bytes = b"", status: tuple[int, str] | None = None) -> bytes:
-        """Return the bytes that answer call `stream_id` with `payload`, or with an error `status`."""
+        """Return the bytes that reply to call `stream_id` with `payload`, or with an error `status`."""
         if status is None:
             body = ttrpc_pb2.Response(payload=payload).SerializeToString()
         else:
