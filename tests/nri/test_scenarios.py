@@ -566,7 +566,9 @@ def test_scenario_restart_reconciles_audit(plugins, workdir, socket_path):
         await wait_until(lambda: plugin.audit_ids() == {"b"}, what="a's record to be dropped")
         await sim.remove_container(PS, a)  # late event for an id the runtime no longer lists
         assert not [line for line in sim.log if "error ignored" in line]
-        assert not list(plugin.state_dir.glob(".*.tmp"))
+        # Records are written through temporary files that are renamed at once.
+        await wait_until(lambda: not list(plugin.state_dir.glob(".*.tmp")), what="no temporary record files")
+        assert plugin.audit_ids() == {"b"}
         await sim.stop()
 
     run(scenario())
