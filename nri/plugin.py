@@ -110,6 +110,8 @@ class Session:
         self.configured_events = 0
         self.runtime = ""
         self.synchronized = False
+        # True once any Synchronize part arrived, which shows Configure was accepted.
+        self.sync_received = False
         # Parts of a split Synchronize received so far.
         self._sync_pods: list[api_pb2.PodSandbox] = []
         self._sync_containers: list[api_pb2.Container] = []
@@ -193,6 +195,7 @@ class Session:
         return api_pb2.ConfigureResponse(events=events)
 
     def synchronize(self, request: api_pb2.SynchronizeRequest) -> api_pb2.SynchronizeResponse:
+        self.sync_received = True
         self._sync_pods.extend(request.pods)
         self._sync_containers.extend(request.containers)
         if request.more:

@@ -288,7 +288,7 @@ class Runner:
         session = protocol.session
         if (
             session.configured_events & VALIDATE_EVENT
-            and not session.synchronized
+            and not session.sync_received
             and not protocol.peer_error
         ):
             # Runtimes before NRI v0.10 reject bit 0x2000 after the Configure
