@@ -15,6 +15,8 @@ from kubefence import __version__
 COMMAND_MODULES = (
     "kubefence.webhook.cli",
     "kubefence.nri.cli",
+    "kubefence.certs.cli",
+    "kubefence.nri.nodesetup",
 )
 
 
