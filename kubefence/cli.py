@@ -14,6 +14,9 @@ from kubefence import __version__
 # Modules with a `register(subparsers)` function, in help order.
 COMMAND_MODULES = (
     "kubefence.webhook.cli",
+    "kubefence.nri.cli",
+    "kubefence.certs.cli",
+    "kubefence.nri.nodesetup",
     "kubefence.demo",
 )
 
