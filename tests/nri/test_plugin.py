@@ -1,7 +1,7 @@
 """Plugin handlers in process: event masks, split Synchronize, audit after the reply."""
 
 import pytest
-from nri_scenarios import M_OK, PR, PS, make_config, make_container
+from .nri_scenarios import M_OK, PR, PS, make_config, make_container
 
 from kubefence.nri import api_pb2, convert
 from kubefence.nri.audit import AuditStore

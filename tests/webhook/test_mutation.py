@@ -6,7 +6,7 @@ import json
 import jsonpatch
 import kubernetes_validate
 import pytest
-from webhook_support import KUBERNETES_VERSION, make_pod, make_review
+from .webhook_support import KUBERNETES_VERSION, make_pod, make_review
 
 from kubefence.common.policy import DEFAULT_POLICY, load_policy
 from kubefence.webhook import ReviewError, build_response, decide

@@ -13,7 +13,7 @@ import json
 import jsonpatch
 import kubernetes_validate
 import pytest
-from webhook_support import ADMISSION, KUBERNETES_VERSION, decode_patch, load_sample
+from .webhook_support import ADMISSION, KUBERNETES_VERSION, decode_patch, load_sample
 
 MOUNT = {"name": "kubefence-nono", "mountPath": "/nono", "readOnly": True}
 VOLUME = {"name": "kubefence-nono", "hostPath": {"path": "/opt/nono-nri", "type": "Directory"}}

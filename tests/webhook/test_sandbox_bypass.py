@@ -6,7 +6,7 @@ the offending value, with the reason in the decision log line.
 """
 
 import pytest
-from webhook_support import decode_patch, make_pod, make_review
+from .webhook_support import decode_patch, make_pod, make_review
 
 TRUSTED = {"hostPath": {"path": "/opt/nono-nri", "type": "Directory"}}
 MOUNT = {"name": "kubefence-nono", "mountPath": "/nono", "readOnly": True}

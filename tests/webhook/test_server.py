@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from webhook_support import ADMISSION, free_port, load_sample, make_pod, make_review
+from .webhook_support import ADMISSION, free_port, load_sample, make_pod, make_review
 
 from kubefence.common.logs import DECISION_KEYS
 from kubefence.webhook.app import create_app
