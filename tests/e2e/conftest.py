@@ -6,16 +6,11 @@ busybox-static and runs as root, so CI runs them.
 """
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from kubefence import oci
-
-# The test modules import the helpers next to them (nono_standin,
-# e2e_harness); this keeps that working with pytest's importlib mode too.
-sys.path.insert(0, str(Path(__file__).parent))
 
 STANDIN = Path(__file__).with_name("nono_standin.py")
 

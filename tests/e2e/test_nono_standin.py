@@ -6,7 +6,7 @@ confined or executed here. The container tests prove the real effect.
 
 import pytest
 
-import nono_standin
+from . import nono_standin
 
 nono_py = pytest.importorskip("nono_py")
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import pytest
 import yaml
 
-import e2e_harness
 from kubefence import kubelet_sim
 from kubefence.common.contracts import NONO_MOUNT_PATH, PROFILE_ANNOTATION, wrapper_prefix
+
+from . import e2e_harness
 
 pytestmark = pytest.mark.e2e
 
