@@ -206,6 +206,7 @@ def run(args, out: TextIO) -> int:
         demo = Demo(out, workdir, oci.Runc(workdir / "runc-state", runc_path), busybox, nono, args.timeout)
         demo.install_nono()
         demo.say(f"kubefence demo: runc {runc_path}, busybox {busybox}, {nono.describe()}")
+        demo.say("The webhook's and the NRI plugin's decisions run in this process, as their servers run them.")
         demo.heading("1. Pod")
         demo.say(pod_text.rstrip())
 

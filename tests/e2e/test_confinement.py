@@ -154,3 +154,15 @@ def test_standin_environment_widens_grants(runc, bundle, base_spec, nono_host_di
 
     assert result.exit_code == 0, result.stderr
     assert (bundle / "rootfs" / "etc" / "kubefence-new").read_text() == "changed\n"
+
+
+def test_wrapped_non_root_user_confined(runc, bundle, base_spec, nono_host_dir):
+    # The nono directory is root-owned and 0755, so any user can run /nono/nono.
+    base_spec["process"]["user"] = {"uid": 65534, "gid": 65534}
+    workload = ["/bin/sh", "-c", f"id -u; echo x > /tmp/out && echo tmp-ok; cat {oci.SECRET_PATH}"]
+
+    result = run(runc, bundle, base_spec, wrapper_prefix("default") + workload, nono_dir=nono_host_dir)
+
+    assert result.stdout.splitlines() == ["65534", "tmp-ok"]
+    assert PERMISSION_DENIED in result.stderr
+    assert result.exit_code != 0
