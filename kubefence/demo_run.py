@@ -26,16 +26,16 @@ from kubefence.webhook.offline import ManifestError, pod_from_manifest, review_p
 # The busybox image's config: no ENTRYPOINT, CMD ["sh"].
 BUSYBOX_IMAGE = kubelet_sim.Image(cmd=("sh",))
 
-# Where the stand-in sits in a source checkout, relative to the repository root.
+# Path of the stand-in in a source checkout, relative to the repository root.
 STANDIN_IN_CHECKOUT = Path("tests") / "e2e" / "nono_standin.py"
 
-# Longest argument shown in full; longer ones are cut with "...".
+# Maximum length of an argument shown in full. Longer ones are cut to it, ending in "...".
 MAX_SHOWN_ARG = 48
 
 
 @dataclasses.dataclass(frozen=True)
 class NonoSource:
-    """What fills the /nono host directory: a real binary or the stand-in script."""
+    """The program that fills the /nono host directory: a real nono binary or the stand-in script."""
 
     path: Path
     is_standin: bool
@@ -81,13 +81,13 @@ def load_pod(path: str | None) -> tuple[dict, str]:
 
 
 def short_args(args) -> str:
-    """Return args as a JSON list, long arguments cut and newlines shown as \\n."""
-    shown = []
+    """Return args as a JSON list with long arguments cut."""
+    cut = []
     for arg in args:
         if len(arg) > MAX_SHOWN_ARG:
             arg = arg[: MAX_SHOWN_ARG - 3] + "..."
-        shown.append(arg)
-    return json.dumps(shown)
+        cut.append(arg)
+    return json.dumps(cut)
 
 
 def parse_accesses(output: str) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""What the kubelet and the container runtime hand to NRI for a pod.
+"""The sandbox and containers that the kubelet and the runtime hand to NRI for a pod.
 
 `kubefence demo` and the end-to-end tests have no kubelet and no
 containerd. These pure functions compute what those would send in

@@ -9,10 +9,10 @@ policy as the CLI, and it does what `nono wrap` does at container start:
     nono wrap --profile NAME_OR_PATH [--allow DIR]... -- CMD [ARG]...
 
 1. Check that the kernel has Landlock.
-2. Load the profile: a value with a '/' or ending in '.json' is a file;
-   a name is looked up first as a user profile in
+2. Load the profile. A value with a '/' or ending in '.json' is a file.
+   A name is looked up first as a user profile in
    `$XDG_CONFIG_HOME/nono/profiles/NAME.json` (default `$HOME/.config`),
-   then among the built-in profiles, as nono does, so a user profile can
+   then among the built-in profiles, as nono does. So a user profile can
    shadow a built-in name. `extends` is followed the same way.
 3. Build the capability set: the profile's policy groups (nono-py expands
    `~` from HOME and `$TMPDIR` from TMPDIR, default /tmp), its
@@ -72,7 +72,7 @@ class WrapError(Exception):
 def parse_args(argv):
     """Return (profile, allow_dirs, command) from `wrap` arguments."""
     if not argv or argv[0] != "wrap":
-        raise WrapError(f"unsupported command {argv[:1]!r}: this stand-in implements 'wrap' only")
+        raise WrapError(f"unsupported command {argv[:1]!r}: this stand-in implements only 'wrap'")
     profile = None
     allow = []
     rest = argv[1:]
@@ -290,7 +290,7 @@ def wrap(argv, environ):
     except FileNotFoundError:
         raise WrapError(f"command not found: {command[0]!r}") from None
     except PermissionError as error:
-        raise WrapError(f"cannot execute {command[0]!r}: {error.strerror}") from None
+        raise WrapError(f"failed to execute {command[0]!r}: {error.strerror}") from None
 
 
 def main(argv=None):

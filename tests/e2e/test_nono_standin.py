@@ -49,7 +49,7 @@ def test_standin_applies_before_exec(calls, monkeypatch):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        pytest.param(["run", "--", "true"], "implements 'wrap' only", id="not-wrap"),
+        pytest.param(["run", "--", "true"], "implements only 'wrap'", id="not-wrap"),
         pytest.param(["wrap", "--profile", "default"], "no command given", id="no-command"),
         pytest.param(["wrap", "--", "true"], "missing --profile", id="no-profile"),
         pytest.param(["wrap", "--profile"], "needs a value", id="profile-without-value"),
