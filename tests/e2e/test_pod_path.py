@@ -138,7 +138,7 @@ def fallback_node(container_host, nono_host_dir, tmp_path_factory):
 def run_pod(runc, bundle, base_spec, webhook, node):
     """Return a function that takes a pod through admission, NRI and runc."""
 
-    def run(pod, *, through_webhook=True, on_node=node, image_files=None):
+    def run(pod, *, through_webhook=True, on_node=node, image_files=None, container_list="containers"):
         pod = copy.deepcopy(pod)
         admission = None
         if through_webhook:
@@ -154,7 +154,7 @@ def run_pod(runc, bundle, base_spec, webhook, node):
                 directory.mkdir(parents=True)
                 empty_dirs[volume["name"]] = str(directory)
         sandbox = kubelet_sim.sandbox(pod, f"sandbox-{uuid.uuid4().hex[:12]}")
-        container = pod["spec"]["containers"][0]
+        container = pod["spec"][container_list][0]
         request = kubelet_sim.create_request(
             pod, container, sandbox.id, f"container-{uuid.uuid4().hex[:12]}", BUSYBOX, empty_dirs
         )
@@ -242,6 +242,17 @@ def test_pod_path_nono_mount_is_trusted_and_read_only(run_pod, nono_host_dir):
     assert len(mounts) == 1, run.create.final.mounts
     assert mounts[0].source == str(nono_host_dir)
     assert "ro" in mounts[0].options
+
+
+def test_pod_path_init_container_confined(run_pod):
+    pod = agent_pod()
+    pod["spec"]["initContainers"] = [{"name": "fetch", "image": "busybox", "command": ["/bin/sh", "-c", PROBE]}]
+
+    run = run_pod(pod, container_list="initContainers")
+
+    assert run.rejected == ""
+    assert list(run.create.final.args[:5]) == wrapper_prefix("default")
+    assert probe_results(run.result.stdout) == CONFINED
 
 
 def test_pod_path_not_opted_in_unconfined(run_pod):
