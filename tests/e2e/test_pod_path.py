@@ -262,6 +262,7 @@ def test_pod_path_not_opted_in_unconfined(run_pod):
 
     assert run.rejected == ""
     assert run.admission.patch == []
+    assert run.create.adjustment.is_empty()
     assert run.create.final.args == run.request.args
     assert run.create.final.env == run.request.env
     assert NONO_MOUNT_PATH not in [mount.destination for mount in run.create.final.mounts]
