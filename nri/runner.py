@@ -256,10 +256,20 @@ class Runner:
 
         stop_wait = asyncio.ensure_future(self.stop.wait())
         try:
-            try:
-                await asyncio.wait_for(asyncio.shield(protocol.registered), REGISTRATION_TIMEOUT * 2)
-            except (TimeoutError, ConnectionError, RuntimeError) as error:
-                self.retry_log.warning("registration with the runtime failed; retrying", socket=path, error=str(error))
+            await asyncio.wait(
+                {protocol.registered, stop_wait}, timeout=REGISTRATION_TIMEOUT * 2, return_when=asyncio.FIRST_COMPLETED
+            )
+            if self.stop.is_set():
+                protocol.transport.close()
+                await protocol.closed
+                return
+            problem = ""
+            if not protocol.registered.done():
+                problem = f"no reply to RegisterPlugin within {REGISTRATION_TIMEOUT * 2:.0f} s"
+            elif protocol.registered.exception() is not None:
+                problem = str(protocol.registered.exception())
+            if problem:
+                self.retry_log.warning("registration with the runtime failed; retrying", socket=path, error=problem)
                 protocol.transport.abort()
                 await protocol.closed
                 return

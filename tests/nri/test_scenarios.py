@@ -819,3 +819,25 @@ def test_scenario_dropped_plugin_raises_nothing_in_runtime(plugins, workdir, soc
         await sim.stop()
 
     run(scenario())
+
+
+def test_scenario_sigterm_while_waiting_for_lock(plugins, workdir, socket_path):
+    async def scenario():
+        first = start_plugin(plugins, workdir, socket_path)
+        second = start_plugin(plugins, workdir, socket_path, state_dir=first.settings["state_dir"],
+                              nono_host_dir=first.host_dir)
+        await wait_until(lambda: second.events("another instance is active; waiting for its lock"),
+                         what="the second instance to wait")
+        assert second.terminate() == 0
+        assert first.process.poll() is None
+
+    run(scenario())
+
+
+def test_scenario_sigterm_before_runtime_exists(plugins, workdir, socket_path):
+    async def scenario():
+        plugin = start_plugin(plugins, workdir, socket_path)
+        await wait_until(lambda: plugin.events("cannot connect to the NRI socket; retrying"), what="retry log")
+        assert plugin.terminate() == 0
+
+    run(scenario())
