@@ -824,6 +824,7 @@ def test_scenario_dropped_plugin_raises_nothing_in_runtime(plugins, workdir, soc
 def test_scenario_sigterm_while_waiting_for_lock(plugins, workdir, socket_path):
     async def scenario():
         first = start_plugin(plugins, workdir, socket_path)
+        await wait_until(lambda: first.events("instance lock acquired"), what="the first instance's lock")
         second = start_plugin(plugins, workdir, socket_path, state_dir=first.settings["state_dir"],
                               nono_host_dir=first.host_dir)
         await wait_until(lambda: second.events("another instance is active; waiting for its lock"),
