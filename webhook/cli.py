@@ -76,7 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--operation",
         choices=("CREATE", "UPDATE"),
         default="CREATE",
-        help="admission operation to review (default: %(default)s; an UPDATE of a pod passes unchanged)",
+        help=(
+            "admission operation to review (default: %(default)s); UPDATE uses the pod as its own old "
+            "object, so it passes unchanged"
+        ),
     )
     review.add_argument("--output", choices=("yaml", "json"), default="yaml", help="output format (default: %(default)s)")
     review.set_defaults(func=run_review)
@@ -149,7 +152,10 @@ def run_review(args: argparse.Namespace) -> int:
     except OSError as error:
         return _error("review", f"cannot read {error.filename!r}: {error.strerror}")
     except yaml.YAMLError as error:
-        return _error("review", f"{args.file}: invalid YAML: {error}")
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        return _error("review", f"{args.file}: invalid YAML{where}: {problem}")
     except (ConfigError, ManifestError, ReviewError) as error:
         return _error("review", f"{args.file}: {error}")
 

@@ -3,7 +3,7 @@
 Two families, kept apart because they reach the caller differently:
 
 * ``ReviewError``: the AdmissionReview itself is unusable (not JSON, wrong
-  version, no uid, no object, a field of the wrong type). The server answers
+  version, no uid, no object, a field of the wrong type). The server responds
   with an HTTP 4xx status and a short reason, and `kubefence review` exits 2.
   ``UnsupportedMediaTypeError`` and ``PayloadTooLargeError`` are the two
   kinds that carry another status than 400.

@@ -2,7 +2,7 @@
 
 Everything here is a pure function over plain data (the AdmissionReview
 `request` as parsed JSON, and the Policy): no I/O, no logging, no clock.
-The server and `kubefence review` call `decide`, then log and answer.
+The server and `kubefence review` call `decide`, then log and respond.
 
 For a CREATE of an opted-in pod the patch
 
@@ -51,6 +51,7 @@ class Reason(StrEnum):
     OPERATION_NOT_HANDLED = "operation-not-handled"
     EXEMPT_NAMESPACE = "exempt-namespace"
     NOT_OPTED_IN = "not-opted-in"
+    SANDBOX_UNCHANGED = "sandbox-unchanged"
     # inject
     INJECTED = "injected"
     ALREADY_INJECTED = "already-injected"
@@ -231,9 +232,12 @@ def _read_pod(pod: Mapping[str, Any]) -> _PodView:
             for index, container in enumerate(items):
                 where = f"object.spec.{key}[{index}]"
                 _mapping(container, where, required=True)
-                for mounts_key in ("volumeMounts", "volumeDevices"):
+                for mounts_key, path_key in (("volumeMounts", "mountPath"), ("volumeDevices", "devicePath")):
                     for number, mount in enumerate(_list(container.get(mounts_key), f"{where}.{mounts_key}")):
-                        _mapping(mount, f"{where}.{mounts_key}[{number}]", required=True)
+                        at = f"{where}.{mounts_key}[{number}]"
+                        _mapping(mount, at, required=True)
+                        _string(mount.get("name"), f"{at}.name")
+                        _string(mount.get(path_key), f"{at}.{path_key}")
         containers[key] = items
     return _PodView(pod.get("metadata") is not None, metadata, annotations, spec, volumes, containers)
 
@@ -305,8 +309,8 @@ def _check_container_mounts(pod: _PodView, trusted_names: set[str], lists: tuple
                             f"mount propagation; got {dict(mount)!r}",
                         )
                     continue
-                if not isinstance(mount_path, str):
-                    continue
+                if not mount_path:
+                    continue  # Kubernetes validation rejects a mount without a path.
                 normalized = normalize_path(mount_path)
                 if _is_at_or_below(normalized, root) or normalized == "/":
                     raise _Denied(
@@ -374,16 +378,16 @@ def _resolve_profile(
 # Patch operations
 
 
-def _annotation_ops(pod: _PodView, wanted: dict[str, str]) -> list[dict[str, Any]]:
-    if not wanted:
+def _annotation_ops(pod: _PodView, values: dict[str, str]) -> list[dict[str, Any]]:
+    if not values:
         return []
     if pod.annotations is None:
         # One operation that creates the map: never an index into a missing object.
         if not pod.has_metadata:
-            return [{"op": "add", "path": "/metadata", "value": {"annotations": wanted}}]
-        return [{"op": "add", "path": "/metadata/annotations", "value": wanted}]
+            return [{"op": "add", "path": "/metadata", "value": {"annotations": values}}]
+        return [{"op": "add", "path": "/metadata/annotations", "value": values}]
     ops = []
-    for key, value in wanted.items():
+    for key, value in values.items():
         op = "replace" if key in pod.annotations else "add"
         ops.append({"op": op, "path": f"/metadata/annotations/{escape_pointer_token(key)}", "value": value})
     return ops
@@ -442,13 +446,15 @@ def decide(request: Mapping[str, Any], policy: Policy, own_namespace: str = "") 
 
     if operation == "CREATE" and sub_resource:
         return skip_pod(Reason.OPERATION_NOT_HANDLED)
-    if operation == "UPDATE" and sub_resource != "ephemeralcontainers":
+    if operation == "UPDATE" and sub_resource not in ("", "ephemeralcontainers"):
         return skip_pod(Reason.OPERATION_NOT_HANDLED)
     if namespace in policy.exempt_namespaces or (own_namespace and namespace == own_namespace):
         return skip_pod(Reason.EXEMPT_NAMESPACE)
 
-    if operation == "UPDATE":
+    if operation == "UPDATE" and sub_resource == "ephemeralcontainers":
         return _decide_ephemeral(request, pod, policy, namespace, pod_name, runtime_class)
+    if operation == "UPDATE":
+        return _decide_update(request, pod, policy, namespace, pod_name, runtime_class)
     return _decide_create(pod, policy, namespace, pod_name, runtime_class)
 
 
@@ -507,13 +513,19 @@ def _decide_create(pod: _PodView, policy: Policy, namespace: str, pod_name: str,
 
     # The annotations. The first injection (the one that adds the volume)
     # always states the profile, so that patch alone shows what the pod
-    # runs with; later ones only correct it.
-    wanted: dict[str, str] = {}
+    # runs with. Later patches only correct a changed profile.
+    annotation_values: dict[str, str] = {}
     if first_injection or annotations.get(contracts.PROFILE_ANNOTATION) != profile:
-        wanted[contracts.PROFILE_ANNOTATION] = profile
-    if required_plugins is not None:
-        wanted[contracts.REQUIRED_PLUGINS_ANNOTATION] = required_plugins
-    ops += _annotation_ops(pod, wanted)
+        annotation_values[contracts.PROFILE_ANNOTATION] = profile
+    # The marker goes in with any other change. A pod that already carries
+    # the whole injection gets no operations, marker or not, so a
+    # reinvocation never changes an injected pod.
+    # NOTE: a pod written with the whole injection by hand and without the
+    # marker therefore keeps running without it. The NRI plugin still wraps
+    # its containers whenever it is registered on the node.
+    if required_plugins is not None and (ops or volume_ops or annotation_values):
+        annotation_values[contracts.REQUIRED_PLUGINS_ANNOTATION] = required_plugins
+    ops += _annotation_ops(pod, annotation_values)
     ops += volume_ops
 
     if warning is not None:
@@ -535,6 +547,23 @@ def _existing_trusted_volume(pod: _PodView, policy: Policy) -> str | None:
         if _volume_source(volume) == trusted_source:
             return volume.get("name")
     return None
+
+
+def _decide_update(
+    request: Mapping[str, Any], pod: _PodView, policy: Policy, namespace: str, pod_name: str, runtime_class: str
+) -> AdmissionDecision:
+    """UPDATE of a pod other than its ephemeral containers: always passes unchanged.
+
+    The NRI plugin takes the profile from the sandbox's annotations, which
+    the runtime records when the pod sandbox is created, so a later change
+    of the pod's annotations does not reach the node.
+    """
+    common = {"namespace": namespace, "pod": pod_name, "runtime_class": runtime_class}
+    if runtime_class not in policy.runtime_classes:
+        return AdmissionDecision(allowed=True, decision="skip", reason=Reason.NOT_OPTED_IN, **common)
+    profile = (pod.annotations or {}).get(contracts.PROFILE_ANNOTATION, "")
+    common["profile"] = profile if isinstance(profile, str) else ""
+    return AdmissionDecision(allowed=True, decision="skip", reason=Reason.SANDBOX_UNCHANGED, **common)
 
 
 def _decide_ephemeral(

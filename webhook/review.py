@@ -1,7 +1,7 @@
 """Reading an AdmissionReview request body: only the few members the decision needs are checked.
 
 A full model of the review (pydantic or otherwise) would cost about half of
-the webhook's throughput; the decision reads `request.uid`, `operation`,
+the webhook's throughput. The decision reads `request.uid`, `operation`,
 `kind`, `subResource`, `namespace`, `object` and `oldObject`, and
 `kubefence.webhook.mutation` type-checks the pod fields it reads.
 """

@@ -15,8 +15,10 @@ certificate:
 import asyncio
 import ipaddress
 import os
+import signal
 import ssl
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +30,8 @@ from kubefence.common.policy import DEFAULT_POLICY
 from kubefence.webhook.app import create_app
 from kubefence.webhook.state import PolicyWatcher, WebhookState
 
-# Go HTTP clients such as kube-apiserver close idle connections after 90 s;
-# a longer server-side timeout lets them reuse connections instead of
+# Go HTTP clients such as kube-apiserver close idle connections after 90 s.
+# A longer server-side timeout lets them reuse connections instead of
 # paying a new TLS handshake.
 KEEP_ALIVE_TIMEOUT_SECONDS = 120
 
@@ -172,6 +174,7 @@ class WebhookServer:
         return None
 
     async def serve(self) -> None:
+        """Run the background tasks and serve until SIGINT or SIGTERM."""
         # 4. Background tasks, cancelled when the server stops.
         tasks: list[asyncio.Task] = []
         if self.policy_watcher is not None:
@@ -179,15 +182,26 @@ class WebhookServer:
         reloader = self.start_certificate_reloader()
         if reloader is not None:
             tasks.append(reloader)
+
         self.log.info(
             "webhook starting",
             host=self.settings.host,
             port=self.settings.port,
             policy_file=self.settings.policy_file or "",
+            policy_interval=self.settings.policy_interval,
             namespace=self.settings.namespace,
+            keep_alive_timeout=self.settings.keep_alive_timeout,
+            cert_file=self.tls.cert_file,
             readiness_checks=self.state.readiness.names(),
         )
-        # 5. Serve; uvicorn handles SIGINT and SIGTERM with a graceful shutdown.
+
+        # 5. Serve; uvicorn handles SIGINT and SIGTERM with a graceful
+        # shutdown and then re-raises the signal with the handler that was
+        # installed before. A no-op SIGTERM handler makes that a clean exit
+        # (status 0), as a Kubernetes pod stop is not an error.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _ignore_signal)
+
         try:
             await self.server.serve()
         finally:
@@ -195,6 +209,10 @@ class WebhookServer:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.log.info("webhook stopped")
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    return None
 
 
 def run(settings: ServeSettings) -> None:

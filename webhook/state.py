@@ -1,4 +1,4 @@
-"""What the webhook's request handlers share: the policy in force, readiness checks and metrics."""
+"""State shared by the webhook's request handlers: the policy in force, readiness checks and metrics."""
 
 import asyncio
 import hashlib
@@ -19,7 +19,7 @@ class ReadinessChecks:
     """Named readiness checks; /readyz passes when every one passes.
 
     Components add their own (the certificate reloader replaces the
-    "certificate" check with one that knows about rotation).
+    "certificate" check with one that tracks rotation).
     """
 
     def __init__(self) -> None:

@@ -7,7 +7,7 @@ import stat
 
 import orjson
 import pytest
-from conftest import NAMESPACE
+from .conftest import NAMESPACE
 from cryptography import x509
 
 import kubefence.cli

@@ -12,7 +12,7 @@ import time
 import orjson
 import pytest
 from prometheus_client import REGISTRY
-from tls_server import SecretVolume, TlsServer, served_fingerprint
+from .tls_server import SecretVolume, TlsServer, served_fingerprint
 
 from kubefence.certs import pki
 from kubefence.certs.reload import REJECTED, RELOADED, UNCHANGED, CertificateReloader

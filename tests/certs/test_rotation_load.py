@@ -33,9 +33,9 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from conftest import NAMESPACE, make_options
+from .conftest import NAMESPACE, make_options
 from kubernetes import config
-from tls_server import SecretVolume, TlsServer
+from .tls_server import SecretVolume, TlsServer
 
 from kubefence.certs import pki
 from kubefence.certs.ensure import KubeObjects, ensure

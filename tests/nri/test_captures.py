@@ -1,7 +1,7 @@
 """Every captured frame and message decodes with our layers and schema."""
 
 import pytest
-from captures import PLUGIN_TO_RUNTIME, RUNTIME_TO_PLUGIN, SESSIONS, chunks, frames, messages, stream
+from .captures import PLUGIN_TO_RUNTIME, RUNTIME_TO_PLUGIN, SESSIONS, chunks, frames, messages, stream
 
 from kubefence.nri import api_pb2, ttrpc_pb2
 from kubefence.nri.mux import Multiplexer

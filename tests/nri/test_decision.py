@@ -1,7 +1,7 @@
 import dataclasses
 
 import pytest
-from nri_scenarios import BASE_ENV, H, M_OK, PR, PS, make_config, make_container
+from .nri_scenarios import BASE_ENV, H, M_OK, PR, PS, make_config, make_container
 
 from kubefence.nri import seccomp
 from kubefence.nri.config import clean_path

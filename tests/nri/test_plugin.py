@@ -3,7 +3,7 @@
 import io
 
 import pytest
-from nri_scenarios import M_OK, PR, PS, make_config, make_container
+from .nri_scenarios import M_OK, PR, PS, make_config, make_container
 
 from kubefence.nri import api_pb2, convert
 from kubefence.nri.audit import AuditStore

@@ -8,7 +8,7 @@ and by shape elsewhere (Configure's event mask, which differs by design).
 """
 
 import pytest
-from captures import RUNTIME_TO_PLUGIN, SESSIONS, messages, stream
+from .captures import RUNTIME_TO_PLUGIN, SESSIONS, messages, stream
 
 from kubefence.nri import api_pb2, ttrpc_pb2
 from kubefence.nri.config import PluginConfig

@@ -15,8 +15,8 @@ import tempfile
 from dataclasses import replace
 
 import pytest
-from nri_scenarios import BASE_ENV, M_OK, PR, PS, make_container
-from plugin_harness import PluginProcess, wait_until
+from .nri_scenarios import BASE_ENV, M_OK, PR, PS, make_container
+from .plugin_harness import PluginProcess, wait_until
 
 from kubefence.nri import api_pb2, convert, model
 from kubefence.nri.runtime_sim import PluginDropped, RuntimeSimulator, VirtualPlugin

@@ -1,8 +1,8 @@
 """Helpers for the webhook tests: sample loading, review builders, and a `kubefence webhook` child process.
 
 The servers are the real command (`python -m kubefence webhook`) in a child
-process, serving HTTPS with a serving certificate from `kubefence.certs.pki`;
-the tests talk to them with httpx over TLS, trusting only the test CA, and
+process, serving HTTPS with a serving certificate from `kubefence.certs.pki`.
+The tests talk to them with httpx over TLS, trusting only the test CA, and
 read the decision log lines from the process's stderr.
 """
 
