@@ -842,3 +842,17 @@ def test_scenario_sigterm_before_runtime_exists(plugins, workdir, socket_path):
         assert plugin.terminate() == 0
 
     run(scenario())
+
+
+def test_scenario_metrics_port_in_use_fails_startup(plugins, workdir, socket_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        plugin = PluginProcess(workdir, socket_path, name="busyport", metrics_address=f"127.0.0.1:{port}")
+        plugins.append(plugin)
+        assert plugin.start().process.wait(30) == 2
+    (line,) = plugin.events("start-up failed")
+    assert "address already in use" in line["error"].lower()
