@@ -242,10 +242,14 @@ class Session:
         unwrapped = {finding.container_id for finding in findings}
         live = [container.id for container in model_containers]
         store.reconcile(live)
+        # Records that survived the reconcile are current; each write costs an fsync.
+        recorded = store.ids()
         for container in model_containers:
+            if container.id in recorded or container.id in unwrapped:
+                continue
             pod = pods_by_id.get(container.pod_sandbox_id)
             profile = self.decider.wrapped_profile(container.args)
-            if pod is None or container.id in unwrapped or profile is None:
+            if pod is None or profile is None:
                 continue
             store.write(container.id, _audit_record(pod, container, profile))
 
