@@ -32,7 +32,13 @@ from typing import Any
 from kubefence.common.logs import get_logger
 from kubefence.nri.errors import ProtocolError
 from kubefence.nri.plugin import RUNTIME_SERVICE, VALIDATE_EVENT, Plugin, Session
-from kubefence.nri.ttrpc import INVALID_ARGUMENT, Connection, InvalidRequestReceived, RequestReceived
+from kubefence.nri.ttrpc import (
+    INVALID_ARGUMENT,
+    UNIMPLEMENTED,
+    Connection,
+    InvalidRequestReceived,
+    RequestReceived,
+)
 
 LOCK_FILE_NAME = "kubefence-nri.lock"
 FIRST_RETRY_DELAY = 0.25
@@ -139,8 +145,10 @@ class PluginProtocol(asyncio.Protocol):
                         error=repr(outcome.error),
                         exc_info=outcome.error,
                     )
-                elif outcome.status is not None and outcome.status[0] == 12:
-                    self.runner.log.debug("runtime called an unknown method", service=request.service, method=request.method)
+                elif outcome.status is not None and outcome.status[0] == UNIMPLEMENTED:
+                    self.runner.log.debug(
+                        "runtime called an unknown method", service=request.service, method=request.method
+                    )
             elif type(event) is InvalidRequestReceived:
                 self.runner.log.debug("runtime sent a request that does not decode", error=event.error)
                 transport.write(self.connection.send_response(event.stream_id, status=(INVALID_ARGUMENT, event.error)))
