@@ -7,16 +7,17 @@ it hashes the content of both files and acts only when the hash changes.
 A changed pair is checked before it touches the live context: both parse, the
 key belongs to the certificate, the certificate is valid now, and a scratch
 SSLContext accepts it. Only then is it loaded into the live context with
-`load_cert_chain`; handshakes after that use it, connections already open
-keep the certificate they started with. A pair that fails any check is
-logged as an error, counted in `kubefence_certificate_reloads_total{result="failure"}`
-(see ReloadMetrics) and ignored, so the last good pair keeps serving. The same bad content is
+`load_cert_chain`. Handshakes after that use it, and connections already
+open keep the certificate they started with. A pair that fails any check is
+logged as an error, counted in
+`kubefence_certificate_reloads_total{result="failure"}` (see ReloadMetrics)
+and ignored, so the last good pair keeps serving. The same bad content is
 reported once, not on every poll.
 
 Known limitation: the server's TLS session cache is not flushed on reload, so
 a client may resume a session made under the previous certificate without
-seeing the new one. Only a client that verified the old certificate holds
-such a session.
+seeing the new one. Only a client that verified the old certificate can
+have such a session.
 """
 
 import asyncio
@@ -90,8 +91,8 @@ class CertificateReadiness:
     reason: str
     not_after: datetime.datetime | None
     expiring_soon: bool
-    """True within the warning window before expiry; the pod stays ready so that
-    all replicas do not leave the Service at once, but the report shows it."""
+    """True within the warning window before expiry. The pod stays ready, because
+    every replica mounts the same Secret and all would leave the Service at once."""
 
     def as_dict(self) -> dict:
         """Return the report as JSON-ready values, with `not_after` in ISO 8601 (empty when unknown)."""

@@ -181,9 +181,9 @@ class WebhookServer:
     def start_certificate_reloader(self) -> asyncio.Task:
         """Load the certificate files through the reloader, then poll them in a task on this event loop.
 
-        The "certificate" readiness check passes only while the reloader holds
-        a pair that passed its checks and has not expired, so a pod whose
-        mounted certificate is expired at start never becomes ready. A
+        The "certificate" readiness check passes only while the reloader has
+        loaded a pair that passed its checks and has not expired. A pod whose
+        mounted certificate is expired at start therefore never becomes ready. A
         certificate close to expiry keeps the pod ready and shows in the
         "certificate" detail of /readyz.
         """

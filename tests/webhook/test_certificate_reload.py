@@ -1,7 +1,7 @@
 """Certificate hot reload in a running `kubefence webhook` process.
 
 The certificate files sit in a directory updated the way the kubelet updates
-a Secret volume (a `..data` symlink swap); the server polls them every 0.05 s.
+a Secret volume, by a `..data` symlink swap. The server polls them every 0.05 s.
 """
 
 import datetime
