@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "kubefence.nri.cli",
     "kubefence.certs.cli",
     "kubefence.nri.nodesetup",
+    "kubefence.demo",
 )
 
 

@@ -8,6 +8,9 @@ exit status 2 and a message that names the problem:
 3. the nono binary in `nono_host_dir` is a regular, executable file and
    not a symbolic link.
 
+A state directory that cannot be created or a metrics address that cannot
+be bound also stops start-up with exit status 2.
+
 SIGTERM and SIGINT stop the plugin cleanly with exit status 0.
 """
 
@@ -72,7 +75,15 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_STARTUP_FAILED
 
     log.info("effective configuration", landlock_abi=abi, **_config_fields(config))
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except OSError as error:
+        # Only start-up steps let OSError out: the state directory and the
+        # metrics listener. Connection errors are retried inside the runner.
+        log.error("start-up failed", error=str(error), state_dir=config.state_dir,
+                  metrics_address=config.metrics_address)
+        print(f"kubefence nri: {error}", file=sys.stderr)
+        return EXIT_STARTUP_FAILED
     log.info("stopped")
     return 0
 

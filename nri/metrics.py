@@ -37,6 +37,11 @@ class Metrics:
             "Connections closed because the runtime broke the wire protocol.",
             registry=self.registry,
         )
+        self.log_failures = Counter(
+            "kubefence_nri_log_failures",
+            "Log lines that could not be written (closed or full log stream); the replies went out regardless.",
+            registry=self.registry,
+        )
         self.registered = Gauge(
             "kubefence_nri_registered",
             "1 while the plugin is registered with the runtime and synchronized, else 0.",

@@ -176,7 +176,8 @@ class Session:
         if self.plugin.wants_validator():
             supported = runtime_supports_validation(request.NRI_version)
             if supported is False:
-                self.log.warning(
+                self._emit(
+                    "warning",
                     "runtime does not support ValidateContainerAdjustment; validating in CreateContainer only",
                     runtime=self.runtime,
                     nri_version=request.NRI_version,
@@ -184,7 +185,8 @@ class Session:
             else:
                 events |= VALIDATE_EVENT
         self.configured_events = events
-        self.log.info(
+        self._emit(
+            "info",
             "configured by runtime",
             runtime=self.runtime,
             nri_version=request.NRI_version,
@@ -215,7 +217,8 @@ class Session:
         findings = self.decider.audit_synchronize(model_pods, model_containers, self.config)
         pods_by_id = {pod.id: pod for pod in model_pods}
         for finding in findings:
-            self.log.warning(
+            self._emit(
+                "warning",
                 "opted-in container running without nono",
                 **decision_fields(
                     decision="skip",
@@ -229,7 +232,9 @@ class Session:
                 ),
             )
         self.metrics.unwrapped_containers.set(len(findings))
-        self.log.info("synchronized", pods=len(model_pods), containers=len(model_containers), unwrapped=len(findings))
+        self._emit(
+            "info", "synchronized", pods=len(model_pods), containers=len(model_containers), unwrapped=len(findings)
+        )
 
         store = self.plugin.audit_store
         if store is None:
@@ -237,15 +242,19 @@ class Session:
         unwrapped = {finding.container_id for finding in findings}
         live = [container.id for container in model_containers]
         store.reconcile(live)
+        # Records that survived the reconcile are current; each write costs an fsync.
+        recorded = store.ids()
         for container in model_containers:
+            if container.id in recorded or container.id in unwrapped:
+                continue
             pod = pods_by_id.get(container.pod_sandbox_id)
             profile = self.decider.wrapped_profile(container.args)
-            if pod is None or container.id in unwrapped or profile is None:
+            if pod is None or profile is None:
                 continue
             store.write(container.id, _audit_record(pod, container, profile))
 
     def shutdown(self, request: api_pb2.Empty) -> api_pb2.Empty:
-        self.log.info("runtime is shutting down", runtime=self.runtime)
+        self._emit("info", "runtime is shutting down", runtime=self.runtime)
         return api_pb2.Empty()
 
     # ---- containers ----
@@ -301,6 +310,13 @@ class Session:
         if store is not None and container_id:
             self.plugin.defer(lambda: store.remove(container_id), key=container_id)
 
+    def _emit(self, level: str, event: str, **fields: Any) -> None:
+        """Write one log line; a broken log stream never changes a reply."""
+        try:
+            getattr(self.log, level)(event, **fields)
+        except (OSError, ValueError):
+            self.metrics.log_failures.inc()
+
     def _log_decision(
         self, decision: model.Decision, pod: model.Pod, container: model.Container, *, validation: bool = False
     ) -> None:
@@ -317,11 +333,11 @@ class Session:
         )
         event = "validation decision" if validation else "decision"
         if decision.fallback:
-            self.log.warning(event, fallback=True, **fields)
+            self._emit("warning", event, fallback=True, **fields)
         else:
-            self.log.info(event, **fields)
+            self._emit("info", event, **fields)
         if decision.warning:
-            self.log.warning(decision.warning, **fields)
+            self._emit("warning", decision.warning, **fields)
 
 
 def _acknowledge(reply_type: type) -> Callable[[Any], Any]:

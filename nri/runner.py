@@ -32,7 +32,13 @@ from typing import Any
 from kubefence.common.logs import get_logger
 from kubefence.nri.errors import ProtocolError
 from kubefence.nri.plugin import RUNTIME_SERVICE, VALIDATE_EVENT, Plugin, Session
-from kubefence.nri.ttrpc import INVALID_ARGUMENT, Connection, InvalidRequestReceived, RequestReceived
+from kubefence.nri.ttrpc import (
+    INVALID_ARGUMENT,
+    UNIMPLEMENTED,
+    Connection,
+    InvalidRequestReceived,
+    RequestReceived,
+)
 
 LOCK_FILE_NAME = "kubefence-nri.lock"
 FIRST_RETRY_DELAY = 0.25
@@ -139,8 +145,10 @@ class PluginProtocol(asyncio.Protocol):
                         error=repr(outcome.error),
                         exc_info=outcome.error,
                     )
-                elif outcome.status is not None and outcome.status[0] == 12:
-                    self.runner.log.debug("runtime called an unknown method", service=request.service, method=request.method)
+                elif outcome.status is not None and outcome.status[0] == UNIMPLEMENTED:
+                    self.runner.log.debug(
+                        "runtime called an unknown method", service=request.service, method=request.method
+                    )
             elif type(event) is InvalidRequestReceived:
                 self.runner.log.debug("runtime sent a request that does not decode", error=event.error)
                 transport.write(self.connection.send_response(event.stream_id, status=(INVALID_ARGUMENT, event.error)))
@@ -256,10 +264,20 @@ class Runner:
 
         stop_wait = asyncio.ensure_future(self.stop.wait())
         try:
-            try:
-                await asyncio.wait_for(asyncio.shield(protocol.registered), REGISTRATION_TIMEOUT * 2)
-            except (TimeoutError, ConnectionError, RuntimeError) as error:
-                self.retry_log.warning("registration with the runtime failed; retrying", socket=path, error=str(error))
+            await asyncio.wait(
+                {protocol.registered, stop_wait}, timeout=REGISTRATION_TIMEOUT * 2, return_when=asyncio.FIRST_COMPLETED
+            )
+            if self.stop.is_set():
+                protocol.transport.close()
+                await protocol.closed
+                return
+            problem = ""
+            if not protocol.registered.done():
+                problem = f"no reply to RegisterPlugin within {REGISTRATION_TIMEOUT * 2:.0f} s"
+            elif protocol.registered.exception() is not None:
+                problem = str(protocol.registered.exception())
+            if problem:
+                self.retry_log.warning("registration with the runtime failed; retrying", socket=path, error=problem)
                 protocol.transport.abort()
                 await protocol.closed
                 return

@@ -552,7 +552,11 @@ class RuntimeSimulator:
     # ---- events ----
 
     async def _event(self, event: int, pod: model.Pod, container: model.Container | None = None) -> None:
-        """Send a pod or container lifecycle event that cannot change anything."""
+        """Send a pod or container lifecycle event that cannot change anything.
+
+        An error status fails the caller only for RunPodSandbox, as in
+        containerd; for other events it is logged.
+        """
         for link in list(self.plugins):
             if not link.subscribed(event):
                 continue
@@ -560,6 +564,10 @@ class RuntimeSimulator:
                 await self._send_event(link, event, pod, container)
             except PluginDropped:
                 continue
+            except PluginCallError as error:
+                if event == Event.RUN_POD_SANDBOX:
+                    raise
+                self._note(f"{error.method} error ignored: {error}")
 
     async def _send_event(
         self, link: PluginLink, event: int, pod: model.Pod, container: model.Container | None

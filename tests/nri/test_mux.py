@@ -5,9 +5,9 @@ import pytest
 from kubefence.nri.errors import LocalProtocolError, RemoteProtocolError
 from kubefence.nri.mux import MAX_FRAME_PAYLOAD, Multiplexer
 
-# Session 1, frame F006: the plugin's empty Synchronize reply on conn 1.
+# tests/data/nri-wire session1, frame F006: the plugin's empty Synchronize reply on conn 1.
 SYNC_REPLY_FRAME = bytes.fromhex("000000010000000a" "00000000000000030200")
-# Session 1, frames F002 + F003 as one recv(): conn 2 reply, then conn 1 Configure.
+# tests/data/nri-wire session1, frames F002 + F003 as one recv(): conn 2 reply, then conn 1 Configure.
 REGISTER_REPLY_AND_CONFIGURE = bytes.fromhex(
     "000000020000000a00000000000000010200"
     "0000000100000054"
@@ -125,7 +125,7 @@ def test_multiplexer_send_splits_at_4096(size):
 
 
 def test_multiplexer_send_captured_large_reply_frames():
-    # Session 2: the Go stub sent its 7,668-byte reply as 4096 + 3572 bytes.
+    # tests/data/nri-wire session2-large: the Go stub sent its 7,668-byte reply as 4096 + 3572 bytes.
     framed = Multiplexer().send_data(1, bytes(7668))
     assert framed[:8] == bytes.fromhex("0000000100001000")
     assert framed[8 + 4096 : 16 + 4096] == bytes.fromhex("0000000100000df4")

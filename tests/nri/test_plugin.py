@@ -1,5 +1,7 @@
 """Plugin handlers in process: event masks, split Synchronize, audit after the reply."""
 
+import io
+
 import pytest
 from .nri_scenarios import M_OK, PR, PS, make_config, make_container
 
@@ -198,3 +200,17 @@ def test_plugin_registration_request_fields(deferred):
     assert request.plugin_name == "kubefence"
     assert request.plugin_idx == "10"
     assert request.NRI_version == "v0.12.0"
+
+
+def test_plugin_closed_log_stream_keeps_reply(deferred):
+    from kubefence.common.logs import configure_logging
+
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+    configure_logging("info", stream=stream)
+    stream.close()
+    session = session_for(deferred)
+    pod = PS.__class__(**{**PS.__dict__, "annotations": {"nono.sh/profile": "--allow-all"}})
+    outcome = call(session, "CreateContainer", create_request(pod, make_container("x")))
+    assert outcome.status[0] == 2
+    assert "'--allow-all'" in outcome.status[1]
+    assert session.metrics.log_failures._value.get() >= 1

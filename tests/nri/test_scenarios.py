@@ -3,7 +3,7 @@
 The runtime side is `kubefence.nri.runtime_sim.RuntimeSimulator`, which
 speaks the captured wire format and applies adjustments the way the NRI
 runtime library and its OCI generator do. No containerd runs here: the
-simulator stands in for it. The plugin is `kubefence nri`, started as
+simulator takes its place. The plugin is `kubefence nri`, started as
 `python -m kubefence nri` so the test's virtual environment is used.
 """
 
@@ -465,7 +465,7 @@ def test_scenario_late_answer_reconnects(plugins, workdir, socket_path):
         await sim.start_container(PS, b)
         plugin.resume()
 
-        await sim.wait_plugin()
+        link = await sim.wait_plugin()
         c = with_host(make_container("ctr-c"), plugin.host_dir)
         assert_wrapped(await sim.create_container(PS, c), c.args, plugin.host_dir)
         assert plugin.process.poll() is None
@@ -477,6 +477,8 @@ def test_scenario_late_answer_reconnects(plugins, workdir, socket_path):
         assert plugin.metric("kubefence_nri_unwrapped_containers") == 1
         assert plugin.metric("kubefence_nri_reconnects_total") == 1
         assert len(plugin.events("registered with the runtime")) == 2
+        # The request pending on the old connection got no reply on the new one.
+        assert link.protocol.connection.stray_responses == 0
         await sim.stop()
 
     run(scenario())
@@ -749,7 +751,8 @@ def test_scenario_mount_spellings(plugins, workdir, socket_path):
                 cleaned = [m for m in result.final.mounts if posixpath.normpath(m.destination) == "/nono"]
                 assert len(cleaned) == 1, name
                 assert cleaned[0].source == host
-                assert "ro" in cleaned[0].options and "rw" not in cleaned[0].options
+                assert "ro" in cleaned[0].options
+                assert "rw" not in cleaned[0].options
                 assert not [m for m in result.final.mounts if m.destination.startswith("/nono/")]
         await sim.stop()
 
@@ -816,3 +819,40 @@ def test_scenario_dropped_plugin_raises_nothing_in_runtime(plugins, workdir, soc
         await sim.stop()
 
     run(scenario())
+
+
+def test_scenario_sigterm_while_waiting_for_lock(plugins, workdir, socket_path):
+    async def scenario():
+        first = start_plugin(plugins, workdir, socket_path)
+        await wait_until(lambda: first.events("instance lock acquired"), what="the first instance's lock")
+        second = start_plugin(plugins, workdir, socket_path, state_dir=first.settings["state_dir"],
+                              nono_host_dir=first.host_dir)
+        await wait_until(lambda: second.events("another instance is active; waiting for its lock"),
+                         what="the second instance to wait")
+        assert second.terminate() == 0
+        assert first.process.poll() is None
+
+    run(scenario())
+
+
+def test_scenario_sigterm_before_runtime_exists(plugins, workdir, socket_path):
+    async def scenario():
+        plugin = start_plugin(plugins, workdir, socket_path)
+        await wait_until(lambda: plugin.events("cannot connect to the NRI socket; retrying"), what="retry log")
+        assert plugin.terminate() == 0
+
+    run(scenario())
+
+
+def test_scenario_metrics_port_in_use_fails_startup(plugins, workdir, socket_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        plugin = PluginProcess(workdir, socket_path, name="busyport", metrics_address=f"127.0.0.1:{port}")
+        plugins.append(plugin)
+        assert plugin.start().process.wait(30) == 2
+    (line,) = plugin.events("start-up failed")
+    assert "address already in use" in line["error"].lower()

@@ -17,7 +17,7 @@ from kubefence.nri.ttrpc import (
     encode_message,
 )
 
-# Session 1 frames, as the captured peers wrote them.
+# tests/data/nri-wire session1 frames, as the captured peers wrote them.
 REGISTER_FRAME = bytes.fromhex(
     "000000020000004a000000400000000101000a1c6e72692e706b672e6170692e7631616c706861312e52756e74696d65"
     "120e5265676973746572506c7567696e1a0a0a046e6f6e6f1202313020cd9cedcf12"
