@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
+    import os
     import sys
 
     from kubefence.common.logs import configure_logging, get_logger
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("start-up check failed", check="nono_binary", error=str(error))
         print(f"kubefence nri: {error}", file=sys.stderr)
         return EXIT_STARTUP_FAILED
+    _warn_if_dynamic(log, os.path.join(config.nono_host_dir, "nono"))
 
     log.info("effective configuration", landlock_abi=abi, **_config_fields(config))
     try:
@@ -141,3 +143,27 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _warn_if_dynamic(log, path: str) -> None:
+    """Warn when nono is not a static ELF binary.
+
+    A dynamically linked nono loads the dynamic loader and libc from the
+    container's image before it applies Landlock, so a hostile image could
+    run code in it before the sandbox exists. Not fatal, because some
+    distributions only ship a dynamic build; the musl release is static.
+    """
+    from kubefence.nri import checks
+
+    try:
+        interpreter = checks.elf_interpreter(path)
+    except (OSError, ValueError) as error:
+        log.warning("nono binary is not a static ELF executable", path=path, error=str(error))
+        return
+    if interpreter is not None:
+        log.warning(
+            "nono binary is dynamically linked: the container image supplies its loader and libc; "
+            "install a static (musl) build",
+            path=path,
+            interpreter=interpreter,
+        )

@@ -554,9 +554,11 @@ def _decide_update(
 ) -> AdmissionDecision:
     """UPDATE of a pod other than its ephemeral containers: always passes unchanged.
 
-    The NRI plugin takes the profile from the sandbox's annotations, which
-    the runtime records when the pod sandbox is created, so a later change
-    of the pod's annotations does not reach the node.
+    Pod annotations stay mutable, and the kubelet builds a recreated pod
+    sandbox from the current ones. The Helm chart therefore guards
+    `nono.sh/profile`, the required-plugins marker and Kata annotations of
+    opted-in pods with a ValidatingAdmissionPolicy, which the API server
+    evaluates for every pod UPDATE without calling this webhook.
     """
     common = {"namespace": namespace, "pod": pod_name, "runtime_class": runtime_class}
     if runtime_class not in policy.runtime_classes:

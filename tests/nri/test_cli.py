@@ -25,3 +25,27 @@ def test_cli_nri_flags_override_values():
     assert args.plugin_index == "42"
     assert args.runtime_handlers == ["a", "b"]
     assert args.validator is False
+
+
+def test_cli_nri_warns_about_dynamic_nono(tmp_path):
+    """A dynamically linked nono starts with a warning naming its loader; a script gets one too."""
+    import os
+    import shutil
+    import time
+
+    from .plugin_harness import PluginProcess, make_host_dir
+
+    host = make_host_dir(tmp_path / "host")
+    shutil.copy("/bin/true", host / "nono")  # dynamically linked on Debian
+    os.chmod(host / "nono", 0o755)
+    plugin = PluginProcess(tmp_path, str(tmp_path / "missing.sock"), nono_host_dir=str(host)).start()
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not plugin.events("effective configuration"):
+            time.sleep(0.1)
+        [warning] = [line for line in plugin.log_lines() if line["event"].startswith("nono binary is dynamically linked")]
+        assert warning["level"] == "warning"
+        assert warning["path"] == str(host / "nono")
+        assert "ld-linux" in warning["interpreter"]
+    finally:
+        plugin.stop()
