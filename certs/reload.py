@@ -7,16 +7,17 @@ it hashes the content of both files and acts only when the hash changes.
 A changed pair is checked before it touches the live context: both parse, the
 key belongs to the certificate, the certificate is valid now, and a scratch
 SSLContext accepts it. Only then is it loaded into the live context with
-`load_cert_chain`; handshakes after that use it, connections already open
-keep the certificate they started with. A pair that fails any check is
-logged as an error, counted in `kubefence_certificate_reloads_total{result="failure"}`
+`load_cert_chain`. Handshakes after that use it, and connections already
+open keep the certificate they started with. A pair that fails any check is
+logged as an error, counted in
+`kubefence_certificate_reloads_total{result="failure"}` (see ReloadMetrics)
 and ignored, so the last good pair keeps serving. The same bad content is
 reported once, not on every poll.
 
 Known limitation: the server's TLS session cache is not flushed on reload, so
 a client may resume a session made under the previous certificate without
-seeing the new one. Only a client that verified the old certificate holds
-such a session.
+seeing the new one. Only a client that verified the old certificate can
+have such a session.
 """
 
 import asyncio
@@ -30,16 +31,50 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from kubefence.certs import pki
 from kubefence.common.logs import get_logger
 
-RELOADS = Counter(
-    "kubefence_certificate_reloads_total",
-    "Attempts to load a changed serving certificate into the live TLS context, by result (success, failure).",
-    ["result"],
-)
+METRIC_RELOADS = "kubefence_certificate_reloads"
+METRIC_NOT_AFTER = "kubefence_certificate_not_after_timestamp_seconds"
+
+
+class ReloadMetrics:
+    """The reloader's metrics in one registry: reload attempts by result, and the loaded certificate's expiry.
+
+    `kubefence_certificate_reloads_total{result}` counts loads of a changed
+    pair (success, failure); `kubefence_certificate_not_after_timestamp_seconds`
+    is the notAfter of the certificate in use, as a Unix time, for expiry alerts.
+    """
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY):
+        self.reloads = Counter(
+            METRIC_RELOADS,
+            "Loads of a changed serving certificate into the live TLS context, by result (success, failure).",
+            ["result"],
+            registry=registry,
+        )
+        self.not_after = Gauge(
+            METRIC_NOT_AFTER,
+            "notAfter of the serving certificate in use, as a Unix time; 0 before the first load.",
+            registry=registry,
+        )
+        # Children created up front, so both series are exported from the start.
+        for result in ("success", "failure"):
+            self.reloads.labels(result=result)
+
+
+_default_metrics: ReloadMetrics | None = None
+
+
+def default_metrics() -> ReloadMetrics:
+    """Return the metrics in prometheus_client's default registry, registered on first use."""
+    global _default_metrics
+    if _default_metrics is None:
+        _default_metrics = ReloadMetrics()
+    return _default_metrics
+
 
 # Outcomes of one `check_once`.
 UNCHANGED = "unchanged"
@@ -56,8 +91,8 @@ class CertificateReadiness:
     reason: str
     not_after: datetime.datetime | None
     expiring_soon: bool
-    """True within the warning window before expiry; the pod stays ready so that
-    all replicas do not leave the Service at once, but the report shows it."""
+    """True within the warning window before expiry. The pod stays ready, because
+    every replica mounts the same Secret and all would leave the Service at once."""
 
     def as_dict(self) -> dict:
         """Return the report as JSON-ready values, with `not_after` in ISO 8601 (empty when unknown)."""
@@ -90,6 +125,7 @@ class CertificateReloader:
         *,
         expiry_warning: datetime.timedelta = datetime.timedelta(days=7),
         clock: Callable[[], datetime.datetime] = _utc_now,
+        metrics: ReloadMetrics | None = None,
     ):
         if interval <= 0:
             raise ValueError(f"invalid reload interval {interval!r}; expected a positive number of seconds")
@@ -99,6 +135,7 @@ class CertificateReloader:
         self.interval = interval
         self.expiry_warning = expiry_warning
         self._clock = clock
+        self.metrics = metrics or default_metrics()
         self._seen_digest: str | None = None
         self._not_after: datetime.datetime | None = None
         self._fingerprint = ""
@@ -128,7 +165,7 @@ class CertificateReloader:
             digest = f"unreadable:{error.errno}"
             if digest != self._seen_digest:
                 self._seen_digest = digest
-                RELOADS.labels(result="failure").inc()
+                self.metrics.reloads.labels(result="failure").inc()
                 log.error("certs.reload_failed", error=str(error), cert_file=str(self.cert_file), key_file=str(self.key_file))
             return REJECTED
 
@@ -145,7 +182,7 @@ class CertificateReloader:
                 ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_path, key_path)
                 self.ssl_context.load_cert_chain(cert_path, key_path)
         except (pki.CertificateError, ssl.SSLError, OSError) as error:
-            RELOADS.labels(result="failure").inc()
+            self.metrics.reloads.labels(result="failure").inc()
             log.error(
                 "certs.reload_failed",
                 error=str(error),
@@ -159,7 +196,8 @@ class CertificateReloader:
         self._not_after = certificate.not_valid_after_utc
         self._fingerprint = pki.fingerprint(certificate)
         self.reloads += 1
-        RELOADS.labels(result="success").inc()
+        self.metrics.reloads.labels(result="success").inc()
+        self.metrics.not_after.set(self._not_after.timestamp())
         log.info(
             "certs.reloaded",
             cert_file=str(self.cert_file),

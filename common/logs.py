@@ -60,6 +60,7 @@ def configure_logging(level: str = "info", stream=None) -> None:
     ]
     structlog.configure(
         processors=[
+            _name_logger,
             *shared,
             structlog.processors.format_exc_info,
             _render,
@@ -86,5 +87,19 @@ def configure_logging(level: str = "info", stream=None) -> None:
     root.setLevel(numeric_level)
 
 
+def _name_logger(_, __, event_dict: dict[str, Any]) -> dict[str, Any]:
+    # get_logger stores the name as `logger_name` because structlog's own
+    # factory reserves the `logger` argument.
+    name = event_dict.pop("logger_name", None)
+    if name is not None:
+        event_dict["logger"] = name
+    return event_dict
+
+
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger().bind(logger=name)
+    """Return a logger that takes the configuration in force when it first logs.
+
+    Module-level loggers are created at import, before `configure_logging`
+    runs, so the logger stays a lazy proxy until its first call.
+    """
+    return structlog.get_logger(logger_name=name)

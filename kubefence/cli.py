@@ -14,8 +14,10 @@ from kubefence import __version__
 # Modules with a `register(subparsers)` function, in help order.
 COMMAND_MODULES = (
     "kubefence.webhook.cli",
+    "kubefence.nri.cli",
     "kubefence.certs.cli",
     "kubefence.nri.nodesetup",
+    "kubefence.demo",
 )
 
 

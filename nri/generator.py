@@ -28,16 +28,29 @@ from kubefence.nri.config import clean_path
 from kubefence.nri.model import REMOVAL_MARKER, Adjustment, Container, Mount
 
 
-def _set_env(env: list[str], key: str, value: str) -> None:
-    """Replace the first entry with `key`, or append; the generator's AddProcessEnv."""
-    if not key:
-        return
-    prefix = key + "="
-    for index, entry in enumerate(env):
-        if entry.startswith(prefix):
-            env[index] = prefix + value
+class _EnvBuilder:
+    """An OCI env list with the generator's AddProcessEnv semantics, in linear time.
+
+    Setting a key replaces the value of its first entry, or appends the key.
+    An index from key to position keeps each set O(1): a container may carry
+    thousands of entries, and the whole check must finish well inside the
+    runtime's 2 s request timeout.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[str] = []
+        self.positions: dict[str, int] = {}
+
+    def set(self, key: str, value: str) -> None:
+        if not key:
             return
-    env.append(prefix + value)
+        entry = f"{key}={value}"
+        position = self.positions.get(key)
+        if position is None:
+            self.positions[key] = len(self.entries)
+            self.entries.append(entry)
+        else:
+            self.entries[position] = entry
 
 
 def apply_env(env: tuple[str, ...], changes: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
@@ -48,19 +61,19 @@ def apply_env(env: tuple[str, ...], changes: tuple[tuple[str, str], ...]) -> tup
     if not additions:
         return env
     pending = {key: value for key, value in additions}
-    result: list[str] = []
+    result = _EnvBuilder()
     for entry in env:
         if "=" not in entry:
             continue
         key, value = entry.split("=", 1)
         if key in pending:
-            _set_env(result, key, pending.pop(key))
+            result.set(key, pending.pop(key))
             continue
-        _set_env(result, key, value)
+        result.set(key, value)
     for key, value in additions:
         if key in pending:
-            _set_env(result, key, value)
-    return tuple(result)
+            result.set(key, value)
+    return tuple(result.entries)
 
 
 def _remove_first(mounts: list[Mount], destination: str) -> None:

@@ -177,7 +177,11 @@ def create_app(state: WebhookState, max_body_bytes: int = MAX_BODY_BYTES) -> Web
     async def readyz() -> Response:
         results = state.readiness.run()
         ready = all(reason is None for reason in results.values())
-        body = orjson.dumps({"ready": ready, "checks": {name: reason or "ok" for name, reason in results.items()}})
+        payload = {"ready": ready, "checks": {name: reason or "ok" for name, reason in results.items()}}
+        details = state.readiness.details()
+        if details:
+            payload["details"] = details
+        body = orjson.dumps(payload)
         return Response(body, status_code=200 if ready else 503, media_type="application/json")
 
     @app.get("/metrics")

@@ -41,6 +41,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seconds between two reads of the policy file (default: %(default)s)",
     )
     serve.add_argument(
+        "--certificate-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help=(
+            "seconds between two reads of --tls-cert-file and --tls-private-key-file; a changed, valid pair "
+            "is loaded without a restart (default: %(default)s)"
+        ),
+    )
+    serve.add_argument(
         "--namespace",
         metavar="NS",
         help="the webhook's own namespace, always exempt (default: $POD_NAMESPACE)",
@@ -108,6 +118,7 @@ def run_webhook(args: argparse.Namespace) -> int:
             policy_file=args.policy,
             namespace=args.namespace if args.namespace is not None else os.environ.get("POD_NAMESPACE", ""),
             policy_interval=args.policy_interval,
+            certificate_interval=args.certificate_interval,
         )
     except ValueError as error:
         return _error("webhook", str(error))

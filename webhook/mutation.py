@@ -69,7 +69,6 @@ class Reason(StrEnum):
     TRUSTED_SOURCE_MISUSE = "trusted-source-misuse"
     EPHEMERAL_CONTAINERS_REJECTED = "ephemeral-containers-rejected"
     MISSING_NONO_VOLUME = "missing-nono-volume"
-    SANDBOX_ANNOTATION_CHANGED = "sandbox-annotation-changed"
 
 
 @dataclass(frozen=True)
@@ -518,7 +517,13 @@ def _decide_create(pod: _PodView, policy: Policy, namespace: str, pod_name: str,
     annotation_values: dict[str, str] = {}
     if first_injection or annotations.get(contracts.PROFILE_ANNOTATION) != profile:
         annotation_values[contracts.PROFILE_ANNOTATION] = profile
-    if required_plugins is not None:
+    # The marker goes in with any other change. A pod that already carries
+    # the whole injection gets no operations, marker or not, so a
+    # reinvocation never changes an injected pod.
+    # NOTE: a pod written with the whole injection by hand and without the
+    # marker therefore keeps running without it. The NRI plugin still wraps
+    # its containers whenever it is registered on the node.
+    if required_plugins is not None and (ops or volume_ops or annotation_values):
         annotation_values[contracts.REQUIRED_PLUGINS_ANNOTATION] = required_plugins
     ops += _annotation_ops(pod, annotation_values)
     ops += volume_ops
@@ -547,41 +552,19 @@ def _existing_trusted_volume(pod: _PodView, policy: Policy) -> str | None:
 def _decide_update(
     request: Mapping[str, Any], pod: _PodView, policy: Policy, namespace: str, pod_name: str, runtime_class: str
 ) -> AdmissionDecision:
-    """UPDATE of an opted-in pod: passes unchanged unless it changes an annotation the sandbox relies on.
+    """UPDATE of a pod other than its ephemeral containers: always passes unchanged.
 
-    Pod annotations stay mutable after creation, and the NRI plugin reads the
-    profile again whenever a container restarts. Without this check an
-    update could switch to a profile outside the namespace's allow-list,
-    drop the fail-closed marker, or add Kata guest configuration.
+    Pod annotations stay mutable, and the kubelet builds a recreated pod
+    sandbox from the current ones. The Helm chart therefore guards
+    `nono.sh/profile`, the required-plugins marker and Kata annotations of
+    opted-in pods with a ValidatingAdmissionPolicy, which the API server
+    evaluates for every pod UPDATE without calling this webhook.
     """
     common = {"namespace": namespace, "pod": pod_name, "runtime_class": runtime_class}
     if runtime_class not in policy.runtime_classes:
         return AdmissionDecision(allowed=True, decision="skip", reason=Reason.NOT_OPTED_IN, **common)
-    if request.get("oldObject") is None:
-        raise ReviewError("missing request.oldObject for an UPDATE request")
-    old_metadata = _mapping(_mapping(request["oldObject"], "request.oldObject", required=True).get("metadata"), "request.oldObject.metadata")
-    old_annotations = _mapping(old_metadata.get("annotations"), "request.oldObject.metadata.annotations")
-    new_annotations = pod.annotations or {}
-
-    guarded = {contracts.PROFILE_ANNOTATION, contracts.REQUIRED_PLUGINS_ANNOTATION}
-    if runtime_class in policy.kata_runtime_classes:
-        guarded |= {
-            key for key in (*old_annotations, *new_annotations) if str(key).startswith(contracts.KATA_ANNOTATION_PREFIX)
-        }
-    changed = sorted(key for key in guarded if old_annotations.get(key) != new_annotations.get(key))
-    profile = new_annotations.get(contracts.PROFILE_ANNOTATION, "")
+    profile = (pod.annotations or {}).get(contracts.PROFILE_ANNOTATION, "")
     common["profile"] = profile if isinstance(profile, str) else ""
-    if changed:
-        return AdmissionDecision(
-            allowed=False,
-            decision="reject",
-            reason=Reason.SANDBOX_ANNOTATION_CHANGED,
-            message=(
-                f"annotations {', '.join(repr(key) for key in changed)} of a nono sandbox pod cannot change "
-                f"after creation; recreate the pod to change them"
-            ),
-            **common,
-        )
     return AdmissionDecision(allowed=True, decision="skip", reason=Reason.SANDBOX_UNCHANGED, **common)
 
 

@@ -8,7 +8,8 @@ certificate:
 2. find the TLS pair, or generate a self-signed one for local use;
 3. build the app and the uvicorn Config, and load the Config, which builds
    the live ssl.SSLContext (`WebhookServer.ssl_context`);
-4. start the policy watcher (and, later, the certificate reloader);
+4. load the certificate through the reloader (not ready until it passes its
+   checks) and start the policy watcher and the certificate reloader;
 5. serve until SIGINT or SIGTERM, which is a clean exit.
 """
 
@@ -26,6 +27,7 @@ from pathlib import Path
 import uvicorn
 
 from kubefence.certs import pki
+from kubefence.certs.reload import CertificateReloader, ReloadMetrics
 from kubefence.common.logs import get_logger
 from kubefence.common.policy import DEFAULT_POLICY
 from kubefence.webhook.app import create_app
@@ -59,6 +61,8 @@ class ServeSettings:
     namespace: str = ""
     # Seconds between two reads of the policy file.
     policy_interval: float = 2.0
+    # Seconds between two reads of the certificate files.
+    certificate_interval: float = 10.0
     keep_alive_timeout: int = KEEP_ALIVE_TIMEOUT_SECONDS
     # Where a generated self-signed pair is written; None: a new temporary directory.
     self_signed_dir: str | None = None
@@ -73,6 +77,10 @@ class ServeSettings:
             raise ValueError(f"invalid port {self.port!r}; expected 0 to 65535")
         if self.policy_interval <= 0:
             raise ValueError(f"invalid policy interval {self.policy_interval!r}; expected a positive number of seconds")
+        if self.certificate_interval <= 0:
+            raise ValueError(
+                f"invalid certificate interval {self.certificate_interval!r}; expected a positive number of seconds"
+            )
 
 
 @dataclass(frozen=True)
@@ -161,25 +169,38 @@ class WebhookServer:
         )
         self.config.load()
         self.ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.state.readiness.set(
-            "certificate", lambda: None if self.config.ssl is not None else "no TLS certificate loaded"
-        )
         self.server = uvicorn.Server(self.config)
+        self.certificate_reloader = CertificateReloader(
+            self.ssl_context,
+            self.tls.cert_file,
+            self.tls.key_file,
+            interval=settings.certificate_interval,
+            metrics=ReloadMetrics(self.state.metrics.registry),
+        )
+        # Not ready until the reloader has checked and loaded the pair (at start of serve).
+        self.state.readiness.set("certificate", self._certificate_check)
+        self.state.readiness.set_detail("certificate", lambda: self.certificate_reloader.readiness().as_dict())
 
     @property
     def ssl_context(self) -> ssl.SSLContext:
         """The live SSLContext uvicorn serves with; loading a new chain into it affects new handshakes."""
         return self.config.ssl
 
-    def start_certificate_reloader(self) -> asyncio.Task | None:
-        """Start the certificate reloader task.
+    def start_certificate_reloader(self) -> asyncio.Task:
+        """Load the certificate files through the reloader, then poll them in a task on this event loop.
 
-        NOTE: certificate hot reload is not built yet. It belongs here: a task
-        that watches `self.tls` by content hash, loads a new chain into
-        `self.ssl_context`, keeps the last good pair on error, and replaces
-        the "certificate" readiness check through `self.state.readiness.set`.
+        The "certificate" readiness check passes only while the reloader has
+        loaded a pair that passed its checks and has not expired. A pod whose
+        mounted certificate is expired at start therefore never becomes ready. A
+        certificate close to expiry keeps the pod ready and shows in the
+        "certificate" detail of /readyz.
         """
-        return None
+        self.certificate_reloader.check_once()
+        return asyncio.create_task(self.certificate_reloader.run())
+
+    def _certificate_check(self) -> str | None:
+        report = self.certificate_reloader.readiness()
+        return None if report.ready else report.reason
 
     async def serve(self) -> None:
         """Run the background tasks and serve until SIGINT or SIGTERM."""
@@ -187,9 +208,7 @@ class WebhookServer:
         tasks: list[asyncio.Task] = []
         if self.policy_watcher is not None:
             tasks.append(asyncio.create_task(self.policy_watcher.run(self.settings.policy_interval)))
-        reloader = self.start_certificate_reloader()
-        if reloader is not None:
-            tasks.append(reloader)
+        tasks.append(self.start_certificate_reloader())
 
         self.log.info(
             "webhook starting",
@@ -200,6 +219,7 @@ class WebhookServer:
             namespace=self.settings.namespace,
             keep_alive_timeout=self.settings.keep_alive_timeout,
             cert_file=self.tls.cert_file,
+            certificate_interval=self.settings.certificate_interval,
             readiness_checks=self.state.readiness.names(),
         )
 

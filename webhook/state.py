@@ -24,6 +24,7 @@ class ReadinessChecks:
 
     def __init__(self) -> None:
         self._checks: dict[str, ReadinessCheck] = {}
+        self._details: dict[str, Callable[[], dict]] = {}
 
     def set(self, name: str, check: ReadinessCheck) -> None:
         """Add the check `name`, or replace the one of that name."""
@@ -31,6 +32,20 @@ class ReadinessChecks:
 
     def names(self) -> list[str]:
         return list(self._checks)
+
+    def set_detail(self, name: str, provider: Callable[[], dict]) -> None:
+        """Add `name` to the details /readyz reports next to the checks, such as a certificate close to expiry."""
+        self._details[name] = provider
+
+    def details(self) -> dict[str, dict]:
+        """Return every detail by name; a provider that raises reports the error instead."""
+        results: dict[str, dict] = {}
+        for name, provider in self._details.items():
+            try:
+                results[name] = provider()
+            except Exception as error:  # a broken provider must not crash /readyz
+                results[name] = {"error": repr(error)}
+        return results
 
     def run(self) -> dict[str, str | None]:
         """Run every check; return its name mapped to None (passed) or the reason it failed."""

@@ -3,7 +3,7 @@
 import datetime
 
 import pytest
-from kube_api_stub import KubeApiStub
+from .kube_api_stub import KubeApiStub
 
 from kubefence.certs import pki
 from kubefence.certs.options import EnsureOptions

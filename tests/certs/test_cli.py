@@ -4,10 +4,12 @@ import argparse
 import ipaddress
 import os
 import stat
+import subprocess
+import sys
 
 import orjson
 import pytest
-from conftest import NAMESPACE
+from .conftest import NAMESPACE
 from cryptography import x509
 
 import kubefence.cli
@@ -189,3 +191,24 @@ def test_ensure_cli_missing_kubeconfig(tmp_path, capsys):
 
     assert status == 1
     assert log_events(capsys.readouterr().err)[-1]["event"] == "certs.kubeconfig_failed"
+
+
+def test_kubefence_command_runs_certs_subcommands(kube_stub, kubeconfig, tmp_path):
+    """The installed entry point dispatches to both certs commands in a fresh process."""
+    environment = {**os.environ, "POD_NAMESPACE": NAMESPACE}
+
+    generated = subprocess.run(
+        [sys.executable, "-m", "kubefence", "certs", "generate", "--out", str(tmp_path / "out")],
+        capture_output=True, env=environment, timeout=120,
+    )
+    ensured = subprocess.run(
+        [sys.executable, "-m", "kubefence", *ENSURE_ARGS, "--kubeconfig", kubeconfig],
+        capture_output=True, env=environment, timeout=120,
+    )
+
+    assert generated.returncode == 0, generated.stderr.decode()
+    assert mode_of(tmp_path / "out" / "tls.key") == 0o600
+    assert ensured.returncode == 0, ensured.stderr.decode()
+    assert (NAMESPACE, "kubefence-tls") in kube_stub.secrets
+    events = [event["event"] for event in log_events(ensured.stderr.decode())]
+    assert "certs.ensure" in events

@@ -10,7 +10,7 @@ import io
 
 import orjson
 import pytest
-from conftest import NAMESPACE, SERVICE_DNS_NAMES, make_options
+from .conftest import NAMESPACE, SERVICE_DNS_NAMES, make_options
 from kubernetes import config
 
 from kubefence.certs import pki

@@ -3,7 +3,7 @@
 import datetime
 
 import pytest
-from conftest import make_options
+from .conftest import make_options
 
 from kubefence.certs.options import OptionsError, format_duration, parse_duration
 

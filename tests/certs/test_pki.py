@@ -3,7 +3,7 @@
 import datetime
 
 import pytest
-from conftest import DAY, NOW, SERVICE_DNS_NAMES
+from .conftest import DAY, NOW, SERVICE_DNS_NAMES
 
 from kubefence.certs import pki
 

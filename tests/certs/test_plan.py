@@ -4,7 +4,7 @@ import dataclasses
 import datetime
 
 import pytest
-from conftest import DAY, NOW, SERVICE_DNS_NAMES, make_options
+from .conftest import DAY, NOW, SERVICE_DNS_NAMES, make_options
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kubefence.certs import pki

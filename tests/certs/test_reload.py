@@ -11,11 +11,11 @@ import time
 
 import orjson
 import pytest
-from prometheus_client import REGISTRY
-from tls_server import SecretVolume, TlsServer, served_fingerprint
+from prometheus_client import REGISTRY, CollectorRegistry
+from .tls_server import SecretVolume, TlsServer, served_fingerprint
 
 from kubefence.certs import pki
-from kubefence.certs.reload import REJECTED, RELOADED, UNCHANGED, CertificateReloader
+from kubefence.certs.reload import REJECTED, RELOADED, UNCHANGED, CertificateReloader, ReloadMetrics
 from kubefence.common.logs import configure_logging
 
 UTC = datetime.timezone.utc
@@ -295,6 +295,23 @@ def test_reloader_without_memfd_uses_temporary_directory(tmp_path, ca, monkeypat
     assert reloader.check_once() == RELOADED
     assert reloader.fingerprint == fingerprint_of(pair)
     assert [path.name for path in tmp_path.iterdir()] == ["tls"]
+
+
+def test_reloader_metrics_in_own_registry(tmp_path, ca):
+    registry = CollectorRegistry()
+    volume = SecretVolume(tmp_path / "tls")
+    pair = serving(ca)
+    volume.write(files_of(pair))
+    reloader = CertificateReloader(
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), volume.path("tls.crt"), volume.path("tls.key"), metrics=ReloadMetrics(registry)
+    )
+    assert registry.get_sample_value("kubefence_certificate_reloads_total", {"result": "failure"}) == 0
+    assert registry.get_sample_value("kubefence_certificate_not_after_timestamp_seconds") == 0
+
+    reloader.check_once()
+
+    assert registry.get_sample_value("kubefence_certificate_reloads_total", {"result": "success"}) == 1
+    assert registry.get_sample_value("kubefence_certificate_not_after_timestamp_seconds") == pair.certificate.not_valid_after_utc.timestamp()
 
 
 def test_reloader_client_trusting_other_ca_fails(server, other_ca):

@@ -6,9 +6,8 @@ The pieces of a cluster are played by real parts where this machine has them:
   (there is no kube-apiserver here; see kube_api_stub.py);
 * "the kubelet" copies the serving Secret into a directory the way a Secret
   volume changes, by swapping the `..data` symlink;
-* the server is uvicorn over real TLS with the real CertificateReloader.
-  The kubefence webhook server is built on another branch, so this test runs
-  the small AdmissionReview app in tls_server.py instead;
+* the server is the real `kubefence webhook` command in a child process,
+  serving over TLS and reloading its certificate files every 0.05 s;
 * "the API server" is two client threads sending AdmissionReview POSTs,
   trusting only the caBundle of the webhook configuration, which they re-read
   from a file whenever the test copies a new bundle there. One thread keeps
@@ -25,7 +24,12 @@ The load is bounded: the clients stop when the rotations end, or after
 
 import datetime
 import hashlib
+import os
+import signal
+import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -33,9 +37,9 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from conftest import NAMESPACE, make_options
+from .conftest import NAMESPACE, make_options
 from kubernetes import config
-from tls_server import SecretVolume, TlsServer
+from .tls_server import SecretVolume, served_fingerprint
 
 from kubefence.certs import pki
 from kubefence.certs.ensure import KubeObjects, ensure
@@ -44,6 +48,7 @@ from kubefence.common.logs import configure_logging
 REVIEW = Path(__file__).parents[1] / "data" / "admission" / "02-opted-in-no-annotations-map.json"
 SERVER_NAME = f"kubefence-webhook.{NAMESPACE}.svc"
 MAX_LOAD_SECONDS = 20.0
+STARTUP_TIMEOUT_SECONDS = 60
 PAUSE_BETWEEN_STEPS = 0.3
 # Each client thread sends one request at a time; several per kind keep the
 # server busy while the test thread rotates.
@@ -111,8 +116,12 @@ class ReviewClient(threading.Thread):
             response.read()
         finally:
             response.close()
-        if response.status_code != 200 or response.json()["response"]["uid"] != self.uid:
+        if response.status_code != 200:
             self.failed.append(f"HTTP {response.status_code}: {response.text[:200]}")
+            return
+        answer = response.json()["response"]
+        if answer["uid"] != self.uid or answer["allowed"] is not True:
+            self.failed.append(f"unexpected response: {response.text[:200]}")
 
     def run(self) -> None:
         generation = self.bundle.generation
@@ -130,6 +139,66 @@ class ReviewClient(threading.Thread):
             except Exception as error:  # every kind of failure counts, none may stop the load
                 self.failed.append(f"{type(error).__name__}: {error}")
         client.close()
+
+
+class WebhookChild:
+    """`kubefence webhook` in a child process, serving the files of `volume` and reloading them every 0.05 s."""
+
+    def __init__(self, volume: SecretVolume, bundle: BundleFile, log_file: Path):
+        self.port = _free_port()
+        self.bundle = bundle
+        self.reloads = 0
+        self.returncode: int | None = None
+        command = [
+            sys.executable, "-m", "kubefence", "webhook", "--host", "127.0.0.1", "--port", str(self.port),
+            "--tls-cert-file", str(volume.path("tls.crt")), "--tls-private-key-file", str(volume.path("tls.key")),
+            "--certificate-interval", "0.05", "--namespace", NAMESPACE,
+        ]
+        self._log_stream = open(log_file, "wb")
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self._log_stream, env=dict(os.environ))
+        self._wait_until_ready()
+        self.fingerprint = served_fingerprint(self.port, SERVER_NAME)
+
+    def _wait_until_ready(self) -> None:
+        context = ssl.create_default_context(cadata=self.bundle.path.read_text())
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        with httpx.Client(verify=context, timeout=5.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"kubefence webhook exited with status {self.process.returncode}")
+                try:
+                    response = client.get(f"https://127.0.0.1:{self.port}/readyz", extensions={"sni_hostname": SERVER_NAME})
+                    if response.status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+        raise RuntimeError(f"kubefence webhook not ready within {STARTUP_TIMEOUT_SECONDS} s")
+
+    def wait_for_certificate(self, fingerprint: str) -> None:
+        """Open new connections until the server presents `fingerprint`, then count one reload."""
+        deadline = time.monotonic() + 10
+        while self.fingerprint != fingerprint and time.monotonic() < deadline:
+            self.fingerprint = served_fingerprint(self.port, SERVER_NAME)
+        assert self.fingerprint == fingerprint, "the webhook did not serve the new certificate within 10 s"
+        self.reloads += 1
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.returncode = self.process.returncode
+        self._log_stream.close()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture
@@ -163,13 +232,14 @@ def test_rotation_under_load_no_failed_request(kube_stub, kubeconfig, tmp_path, 
     ensure(options(), objects, backoff=0)
     kubelet_sync()
     apiserver_sync()
-    server = TlsServer(volume.path("tls.crt"), volume.path("tls.key"), reload_interval=0.05).start()
+    server = WebhookChild(volume, bundle, tmp_path / "webhook.jsonl")
     stop = threading.Event()
-    keep_alive_clients = [ReviewClient(server.port, bundle, stop, lambda: server.reloader.reloads, keep_alive=True) for _ in range(CLIENTS_PER_KIND)]
-    new_connection_clients = [ReviewClient(server.port, bundle, stop, lambda: server.reloader.reloads, keep_alive=False) for _ in range(CLIENTS_PER_KIND)]
+    keep_alive_clients = [ReviewClient(server.port, bundle, stop, lambda: server.reloads, keep_alive=True) for _ in range(CLIENTS_PER_KIND)]
+    new_connection_clients = [ReviewClient(server.port, bundle, stop, lambda: server.reloads, keep_alive=False) for _ in range(CLIENTS_PER_KIND)]
     clients = keep_alive_clients + new_connection_clients
     for client in clients:
         client.start()
+    load_started = time.monotonic()
 
     reload_times: list[tuple[str, float]] = []
 
@@ -177,14 +247,11 @@ def test_rotation_under_load_no_failed_request(kube_stub, kubeconfig, tmp_path, 
         time.sleep(PAUSE_BETWEEN_STEPS)
         result = ensure(options(rotate), objects, backoff=0)
         expected_fingerprint = pki.fingerprint(result.material.leaf.certificate)
-        changed = expected_fingerprint != server.reloader.fingerprint
+        changed = expected_fingerprint != server.fingerprint
         swapped = time.monotonic()
         kubelet_sync()
         if changed:
-            deadline = swapped + 10
-            while server.reloader.fingerprint != expected_fingerprint and time.monotonic() < deadline:
-                time.sleep(0.002)
-            assert server.reloader.fingerprint == expected_fingerprint, f"{label}: the server did not load the new certificate"
+            server.wait_for_certificate(expected_fingerprint)
             reload_times.append((label, time.monotonic() - swapped))
         apiserver_sync()
         return result.plan.steps
@@ -200,8 +267,10 @@ def test_rotation_under_load_no_failed_request(kube_stub, kubeconfig, tmp_path, 
         stop.set()
         for client in clients:
             client.join(MAX_LOAD_SECONDS + 5)
+        load_seconds = time.monotonic() - load_started
         server.stop()
         api_client.close()
+    assert server.returncode == 0
 
     keep_alive_sent = sum(client.sent for client in keep_alive_clients)
     new_connection_sent = sum(client.sent for client in new_connection_clients)
@@ -210,12 +279,13 @@ def test_rotation_under_load_no_failed_request(kube_stub, kubeconfig, tmp_path, 
     new_connection_fingerprints = set().union(*(client.fingerprints for client in new_connection_clients))
     connections = [span for client in keep_alive_clients for span in client.connections.values()]
     print()
-    print("rotation under load (uvicorn test app, not the kubefence webhook server):")
+    print("rotation under load (kubefence webhook process):")
+    print(f"  {keep_alive_sent + new_connection_sent} requests in {load_seconds:.1f} s of load")
     print(f"  {CLIENTS_PER_KIND} keep-alive clients: {keep_alive_sent} requests, {len(keep_alive_failed)} failed, {len(connections)} connections")
     print(f"  {CLIENTS_PER_KIND} new-connection clients: {new_connection_sent} requests, {len(new_connection_failed)} failed, "
           f"{len(new_connection_fingerprints)} serving certificates seen")
     for label, seconds in reload_times:
-        print(f"  {label}: reloaded {seconds * 1000:.0f} ms after the volume swap")
+        print(f"  {label}: new certificate served {seconds * 1000:.0f} ms after the volume swap")
 
     assert keep_alive_failed == []
     assert new_connection_failed == []

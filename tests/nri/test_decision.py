@@ -1,7 +1,7 @@
 import dataclasses
 
 import pytest
-from nri_scenarios import BASE_ENV, H, M_OK, PR, PS, make_config, make_container
+from .nri_scenarios import BASE_ENV, H, M_OK, PR, PS, make_config, make_container
 
 from kubefence.nri import seccomp
 from kubefence.nri.config import clean_path
@@ -619,3 +619,14 @@ def test_audit_synchronize_large_node():
 )
 def test_wrapped_profile(args, expected):
     assert wrapped_profile(args) == expected
+
+
+def test_apply_adjustment_env_large_keeps_generator_order():
+    """Thousands of entries with duplicates: the adjusted key takes its first place, a later duplicate wins."""
+    env = ("TMPDIR=/var/tmp",) + tuple(f"K{index}=v{index}" for index in range(20000)) + ("K7=late", "TMPDIR=/etc")
+    changes = (("TMPDIR", "/tmp"), ("NONO_PROFILE", "default"))
+    result = apply_adjustment(make_container(env=env), Adjustment(env=changes)).env
+    assert len(result) == 20002
+    assert result[0] == "TMPDIR=/etc"
+    assert result[8] == "K7=late"
+    assert result[20001] == "NONO_PROFILE=default"

@@ -1,7 +1,7 @@
 """Fixtures for the webhook tests: a throwaway CA, and real `kubefence webhook` processes on loopback ports."""
 
 import pytest
-from webhook_support import TlsMaterial, WebhookProcess
+from .webhook_support import TlsMaterial, WebhookProcess
 
 from kubefence.certs import pki
 

@@ -7,7 +7,7 @@ import sys
 import kubernetes_validate
 import pytest
 import yaml
-from webhook_support import KUBERNETES_VERSION, PODS
+from .webhook_support import KUBERNETES_VERSION, PODS
 
 MOUNT = {"name": "kubefence-nono", "mountPath": "/nono", "readOnly": True}
 

@@ -6,7 +6,7 @@ the offending value, with the reason in the decision log line.
 """
 
 import pytest
-from webhook_support import decode_patch, make_pod, make_review
+from .webhook_support import decode_patch, make_pod, make_review
 
 TRUSTED = {"hostPath": {"path": "/opt/nono-nri", "type": "Directory"}}
 MOUNT = {"name": "kubefence-nono", "mountPath": "/nono", "readOnly": True}
@@ -171,7 +171,7 @@ def test_bypass_denied(webhook, case, pod, reason, named):
 
 
 def test_bypass_hand_written_injection_gets_marker(webhook):
-    """A pod that brings the exact injection but no fail-closed marker still gets the marker."""
+    """A pod that brings the injection but no profile and no fail-closed marker gets both."""
     pod = trusted_mounted()
     response = webhook.mutate(make_review(pod, uid="bypass-no-marker")).json()["response"]
     assert response["allowed"] is True
@@ -201,13 +201,12 @@ def test_bypass_kata_annotation_allowed_on_runc(webhook):
     assert response["allowed"] is True
 
 
-def test_bypass_profile_changed_by_update(webhook):
-    """Annotations stay mutable, and the NRI plugin reads the profile again when a container restarts."""
-    old = make_pod(annotations={"nono.sh/profile": "default", "required-plugins.noderesource.dev": '["kubefence"]'})
-    new = make_pod(annotations={"nono.sh/profile": "claude-code", "required-plugins.noderesource.dev": '["kubefence"]'})
-    response = webhook.mutate(make_review(new, uid="bypass-update", operation="UPDATE", old_pod=old)).json()["response"]
-    assert response["allowed"] is False
-    assert "'nono.sh/profile'" in response["status"]["message"]
-    [line] = webhook.decision_lines("bypass-update")
-    assert line["reason"] == "sandbox-annotation-changed"
-    assert line["operation"] == "UPDATE"
+
+
+def test_bypass_complete_injection_without_marker_unchanged(webhook):
+    """The whole injection with a valid profile gets no patch; the marker is added only with other changes."""
+    pod = trusted_mounted()
+    pod["metadata"]["annotations"] = {"nono.sh/profile": "default"}
+    response = webhook.mutate(make_review(pod, uid="no-marker-complete")).json()["response"]
+    assert response["allowed"] is True
+    assert "patch" not in response

@@ -10,8 +10,9 @@ import time
 
 import httpx
 import pytest
-from webhook_support import ADMISSION, free_port, load_sample, make_pod, make_review
+from .webhook_support import ADMISSION, free_port, load_sample, make_pod, make_review
 
+from kubefence.certs import pki
 from kubefence.common.logs import DECISION_KEYS
 from kubefence.webhook.app import create_app
 from kubefence.webhook.server import ServeSettings, WebhookServer
@@ -38,10 +39,21 @@ def test_server_healthz_ok(webhook):
     assert response.text.strip() == "ok"
 
 
-def test_server_readyz_lists_checks(webhook):
+def test_server_readyz_lists_checks(webhook, tls_material):
     response = webhook.client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"ready": True, "checks": {"policy": "ok", "certificate": "ok"}}
+    body = response.json()
+    assert body["ready"] is True
+    assert body["checks"] == {"policy": "ok", "certificate": "ok"}
+    certificate = pki.load_certificates(tls_material.cert_file.read_bytes(), "serving")[0]
+    assert body["details"] == {
+        "certificate": {
+            "ready": True,
+            "reason": "serving certificate loaded",
+            "not_after": certificate.not_valid_after_utc.isoformat(),
+            "expiring_soon": False,
+        }
+    }
 
 
 def test_server_tls_only_trusted_ca(webhook):
