@@ -114,12 +114,14 @@ class Point:
     non_2xx: int
     socket_errors: dict[str, int] = field(default_factory=dict)
     # Server CPU time (user + system) during the run divided by the requests
-    # completed. Unlike req/s, it barely changes when other processes
+    # completed. It changes much less than req/s when other processes
     # compete for the server's core, so it compares servers across busy runs.
     server_cpu_us_per_request: float = 0.0
-    # Share of the server core's time, in percent, that went to other
-    # processes or to the hypervisor (steal) during the run. Above a few
-    # percent, req/s and latency are lower than this server can do alone.
+    # Share of the server core's time, in percent, not charged to the server
+    # process during the run: other processes, the hypervisor (steal), and
+    # in close mode possibly kernel work for connection set-up and tear-down.
+    # Above a few percent, req/s and latency are worse than the server alone
+    # would give.
     server_core_other_percent: float = 0.0
 
 
@@ -379,8 +381,9 @@ def skip_reason(server: str) -> str:
 def fixed_response_body(sample_body: bytes) -> bytes:
     """Build the fixed body nginx returns: the real response to `sample_body` when the mutation imports.
 
-    Without the mutation, a response of the same shape: allowed, with a
-    base64 JSON Patch of the small-pod size.
+    Without the mutation, a placeholder of about the same size: an allowed
+    response whose `patch` is a base64 string as long as the small-pod
+    patch.
     """
     request = orjson.loads(sample_body)["request"]
     if importlib.util.find_spec("kubefence.webhook.mutation") is not None:
