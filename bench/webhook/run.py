@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -123,6 +124,9 @@ class Point:
     # Above a few percent, req/s and latency are worse than the server alone
     # would give.
     server_core_other_percent: float = 0.0
+    # The same share for core 1, where wrk runs. wrk timestamps requests and
+    # responses itself, so load there also lengthens the measured latency.
+    client_core_other_percent: float = 0.0
 
 
 @dataclass
@@ -514,25 +518,14 @@ def measure_server(server: str, plan: Plan, work: Path, stack: ExitStack, tls_pa
                 run_wrk(url, body_files[sample], 8, "keep-alive", plan.warmup_s)
             for connection in plan.connections:
                 for concurrency in plan.concurrency:
-                    cpu_before = process.cpu_seconds()
-                    core_busy_before, core_total_before = core_times(SERVER_CORE)
-                    figures = run_wrk(url, body_files[sample], concurrency, connection, plan.duration_s)
-                    cpu_used = process.cpu_seconds() - cpu_before
-                    core_busy_after, core_total_after = core_times(SERVER_CORE)
-                    point = Point(server, sample, connection, concurrency, **figures)
-                    if point.requests:
-                        point.server_cpu_us_per_request = round(cpu_used / point.requests * 1e6, 1)
-                    core_elapsed = core_total_after - core_total_before
-                    if core_elapsed > 0:
-                        # The server is pinned to the core, so its own CPU time is all on it.
-                        other = max(0.0, core_busy_after - core_busy_before - cpu_used)
-                        point.server_core_other_percent = round(100 * other / core_elapsed, 1)
+                    point = measure_point(process, url, sample, body_files[sample], connection, concurrency, plan)
                     points.append(point)
                     log(
                         f"{server:9} {sample:18} {connection:10} c={concurrency:<3} "
                         f"{point.requests_per_second:9.0f} req/s  p50 {point.latency_p50_ms:8.2f} ms  "
                         f"p99 {point.latency_p99_ms:8.2f} ms  CPU {point.server_cpu_us_per_request:6.0f} us/req  "
-                        f"other load on core {point.server_core_other_percent:4.1f} %"
+                        f"other load on cores {point.server_core_other_percent:4.1f} % "
+                        f"{point.client_core_other_percent:4.1f} %"
                         + (f"  non-2xx {point.non_2xx}" if point.non_2xx else "")
                         + (f"  socket errors {point.socket_errors}" if any(point.socket_errors.values()) else "")
                     )
@@ -541,6 +534,43 @@ def measure_server(server: str, plan: Plan, work: Path, stack: ExitStack, tls_pa
         return record, points
     finally:
         process.stop()
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _other_percent(before: tuple[float, float], after: tuple[float, float], own_cpu: float) -> float:
+    """Return the share of a core's elapsed time that was busy but not `own_cpu`, in percent."""
+    elapsed = after[1] - before[1]
+    if elapsed <= 0:
+        return 0.0
+    other = max(0.0, after[0] - before[0] - own_cpu)
+    return round(100 * other / elapsed, 1)
+
+
+def measure_point(process: ServerProcess, url: str, sample: str, body_file: Path, connection: str,
+                  concurrency: int, plan: Plan) -> Point:
+    """Run wrk for one point and add the server's CPU per request and the load on both cores."""
+    server_cpu_before = process.cpu_seconds()
+    # wrk is the only child process that ends during the run, so the
+    # children's CPU time grows by exactly wrk's.
+    client_cpu_before = _children_cpu_seconds()
+    server_core_before = core_times(SERVER_CORE)
+    client_core_before = core_times(CLIENT_CORE)
+
+    figures = run_wrk(url, body_file, concurrency, connection, plan.duration_s)
+
+    server_cpu = process.cpu_seconds() - server_cpu_before
+    client_cpu = _children_cpu_seconds() - client_cpu_before
+    point = Point(process.name, sample, connection, concurrency, **figures)
+    if point.requests:
+        point.server_cpu_us_per_request = round(server_cpu / point.requests * 1e6, 1)
+    # Each process is pinned to its core, so its CPU time is all on that core.
+    point.server_core_other_percent = _other_percent(server_core_before, core_times(SERVER_CORE), server_cpu)
+    point.client_core_other_percent = _other_percent(client_core_before, core_times(CLIENT_CORE), client_cpu)
+    return point
 
 
 def find_point(points: list[Point], server: str, sample: str, connection: str, concurrency: int) -> Point | None:
@@ -601,8 +631,9 @@ def check_targets(points: list[Point]) -> list[dict]:
 
 def markdown_table(points: list[Point]) -> str:
     lines = [
-        "| server | sample | connection | concurrency | req/s | p50 ms | p99 ms | server CPU µs/req | other load on server core |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| server | sample | connection | concurrency | req/s | p50 ms | p99 ms | server CPU µs/req "
+        "| other load on server core | other load on wrk core |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for point in points:
         flags = ""
@@ -611,7 +642,8 @@ def markdown_table(points: list[Point]) -> str:
         lines.append(
             f"| {point.server} | {point.sample} | {point.connection} | {point.concurrency} "
             f"| {point.requests_per_second:,.0f}{flags} | {point.latency_p50_ms:.2f} | {point.latency_p99_ms:.2f} "
-            f"| {point.server_cpu_us_per_request:,.0f} | {point.server_core_other_percent:.0f} % |"
+            f"| {point.server_cpu_us_per_request:,.0f} | {point.server_core_other_percent:.0f} % "
+            f"| {point.client_core_other_percent:.0f} % |"
         )
     return "\n".join(lines)
 

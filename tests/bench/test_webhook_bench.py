@@ -23,7 +23,7 @@ RUN_SCRIPT = REPOSITORY / "bench" / "webhook" / "run.py"
 POINT_FIELDS = {
     "server", "sample", "connection", "concurrency", "requests_per_second",
     "latency_p50_ms", "latency_p99_ms", "requests", "duration_s", "non_2xx", "socket_errors",
-    "server_cpu_us_per_request", "server_core_other_percent",
+    "server_cpu_us_per_request", "server_core_other_percent", "client_core_other_percent",
 }
 
 
@@ -168,6 +168,7 @@ def test_run_one_point_report_fields(tmp_path):
         assert point["latency_p99_ms"] >= point["latency_p50_ms"], point
         assert point["server_cpu_us_per_request"] > 0, point
         assert 0 <= point["server_core_other_percent"] <= 100, point
+        assert 0 <= point["client_core_other_percent"] <= 100, point
         assert point["non_2xx"] == 0, point
         assert sum(point["socket_errors"].values()) == 0, point
 
