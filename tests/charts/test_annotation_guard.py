@@ -19,7 +19,15 @@ MARKER = "required-plugins.noderesource.dev"
 
 
 def _guard(rendered) -> tuple[dict, dict]:
-    return rendered.one("ValidatingAdmissionPolicy"), rendered.one("ValidatingAdmissionPolicyBinding")
+    """Return the pod UPDATE policy and its binding."""
+    suffix = "-annotation-guard"
+    return rendered.one("ValidatingAdmissionPolicy", suffix), rendered.one("ValidatingAdmissionPolicyBinding", suffix)
+
+
+def _binding_guard(rendered) -> tuple[dict, dict]:
+    """Return the pods/binding policy and its binding."""
+    suffix = "-annotation-guard-binding"
+    return rendered.one("ValidatingAdmissionPolicy", suffix), rendered.one("ValidatingAdmissionPolicyBinding", suffix)
 
 
 def _pod(runtime_class: str | None, annotations: dict | None, labels: dict | None = None) -> dict:
@@ -82,19 +90,24 @@ def default_policy(render):
     ids=["defaults", "kata-disabled", "custom-runtime-classes"],
 )
 def test_annotation_guard_objects_validate(render, values):
-    policy, binding = _guard(render(values))
+    rendered = render(values)
 
-    kubernetes_validate.validate(policy, KUBERNETES_VERSION, strict=True)
-    kubernetes_validate.validate(binding, KUBERNETES_VERSION, strict=True)
-    assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
-    assert binding["apiVersion"] == "admissionregistration.k8s.io/v1"
+    for policy, binding in (_guard(rendered), _binding_guard(rendered)):
+        kubernetes_validate.validate(policy, KUBERNETES_VERSION, strict=True)
+        kubernetes_validate.validate(binding, KUBERNETES_VERSION, strict=True)
+        assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
+        assert binding["apiVersion"] == "admissionregistration.k8s.io/v1"
 
 
 def test_annotation_guard_binding_denies(render):
-    policy, binding = _guard(render())
+    rendered = render()
+    policy, binding = _guard(rendered)
+    binding_policy, binding_binding = _binding_guard(rendered)
 
     assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
     assert policy["metadata"]["name"] == "kf-kubefence-kubefence-system-annotation-guard"
+    assert binding_binding["spec"] == {"policyName": binding_policy["metadata"]["name"], "validationActions": ["Deny"]}
+    assert binding_policy["metadata"]["name"] == "kf-kubefence-kubefence-system-annotation-guard-binding"
 
 
 def test_annotation_guard_matches_pod_updates_only(render):
@@ -117,6 +130,8 @@ def test_annotation_guard_namespaces_match_webhook(render, values):
     webhook = rendered.one("MutatingWebhookConfiguration")["webhooks"][0]
 
     assert policy["spec"]["matchConstraints"]["namespaceSelector"] == webhook["namespaceSelector"]
+    binding_policy = _binding_guard(rendered)[0]
+    assert binding_policy["spec"]["matchConstraints"]["namespaceSelector"] == webhook["namespaceSelector"]
 
 
 def test_annotation_guard_disabled_renders_nothing(render):
@@ -248,3 +263,54 @@ def test_annotation_guard_custom_kata_class(render):
 
     assert on_kata.admitted is False
     assert on_runc.admitted is True
+
+
+# --- pods/binding ------------------------------------------------------------------------
+
+
+def test_annotation_guard_binding_matches_binding_create(render):
+    spec = _binding_guard(render())[0]["spec"]
+
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["resourceRules"] == [
+        {"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods/binding"], "scope": "Namespaced"}
+    ]
+    assert "matchConditions" not in spec
+
+
+# (id, Binding annotations or None, admitted)
+BINDING_CASES = [
+    ("no-annotations", None, True),
+    ("empty-annotations", {}, True),
+    ("unrelated-annotation", {"scheduler.example/zone": "a"}, True),
+    ("kata-prefix-lookalike", {"io.katacontainersx/a": "1"}, True),
+    ("profile", {PROFILE: "codex"}, False),
+    ("marker", {MARKER: "[]"}, False),
+    ("kata-key", {"io.katacontainers.config.agent.policy": "eA=="}, False),
+    ("profile-among-others", {"scheduler.example/zone": "a", PROFILE: "default"}, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("annotations", "admitted"),
+    [case[1:] for case in BINDING_CASES],
+    ids=[case[0] for case in BINDING_CASES],
+)
+def test_annotation_guard_binding_annotations(render, annotations, admitted):
+    """The API server merges a Binding's annotations into the pod, so the sandbox keys are denied there."""
+    spec = _binding_guard(render())[0]["spec"]
+    metadata: dict = {"name": "agent", "namespace": "agents"}
+    if annotations is not None:
+        metadata["annotations"] = annotations
+    binding = {"apiVersion": "v1", "kind": "Binding", "metadata": metadata, "target": {"kind": "Node", "name": "node-1"}}
+    activation = {
+        "object": celpy.json_to_cel(binding),
+        "oldObject": celpy.json_to_cel(None),
+        "request": celpy.json_to_cel({"operation": "CREATE", "namespace": "agents", "subResource": "binding"}),
+    }
+
+    [validation] = spec["validations"]
+
+    assert bool(_evaluate(validation["expression"], activation)) is admitted
+    for key in (PROFILE, MARKER, "io.katacontainers.*"):
+        assert key in validation["message"]

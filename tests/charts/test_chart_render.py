@@ -675,6 +675,19 @@ def test_nri_allowed_profiles_cover_webhook_policy(render):
     assert policy.profiles_for("agents")[1] == ("codex", "reviewer")
 
 
+def test_nri_config_loads_with_namespace_profiles(render, tmp_path):
+    """The plugin's own config loader accepts the union list and keeps the cluster default."""
+    from kubefence.nri.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text(render(VALUE_SETS["namespace-allowed-profiles"]).one("ConfigMap", "-nri")["data"]["config.toml"])
+
+    config = load_config(str(path), {})
+
+    assert config.allowed_profiles == (*DEFAULT_PROFILES, "reviewer", "builder")
+    assert config.default_profile == "default"
+
+
 def test_nri_config_optional_keys(render):
     config = _nri_config(render({"nri": {"seccompProfile": "runtime/default", "validator": "strict"}}))
 
