@@ -39,6 +39,14 @@ ENFORCED_NAMESPACES = [
     {"match": "tenant-?", "allowedProfiles": ["default", "codex"]},
     {"match": "team-[!x]", "enforce": True},
 ]
+# Namespace rules with their own allowed lists, which replace the cluster
+# list in their namespaces: `codex` repeats a cluster profile, `reviewer`
+# and `builder` exist only here, and `reviewer` appears in two rules.
+NAMESPACE_ALLOWED_PROFILES = [
+    {"match": "agents", "defaultProfile": "codex", "allowedProfiles": ["codex", "reviewer"]},
+    {"match": "build-*", "allowedProfiles": ["default", "builder", "reviewer"]},
+    {"match": "tenant-?", "defaultProfile": "swival"},
+]
 
 # Value sets the chart must render, lint and validate with. Each id names the toggled value.
 VALUE_SETS = {
@@ -50,6 +58,8 @@ VALUE_SETS = {
     "enforced-namespaces": {"policy": {"namespaces": ENFORCED_NAMESPACES}},
     "node-components-disabled": {"nri": {"enabled": False}, "nodeSetup": {"enabled": False}},
     "restart-containerd": {"nodeSetup": {"restartContainerd": True, "privileged": False}},
+    "annotation-guard-disabled": {"annotationGuard": {"enabled": False}},
+    "namespace-allowed-profiles": {"policy": {"namespaces": NAMESPACE_ALLOWED_PROFILES}},
     "pinned-digests": {
         "image": {
             "webhook": {"repository": "registry.example/kf-webhook", "digest": "sha256:" + "a" * 64},
@@ -642,6 +652,40 @@ def test_nri_config_keys(render):
         "state_dir": "/var/lib/kubefence-nri",
         "metrics_address": "0.0.0.0:9090",
     }
+
+
+def test_nri_allowed_profiles_union_of_namespace_rules(render):
+    """The plugin's one list admits every profile some namespace rule allows, once, in first-seen order."""
+    config = _nri_config(render(VALUE_SETS["namespace-allowed-profiles"]))
+
+    assert config["allowed_profiles"] == [*DEFAULT_PROFILES, "reviewer", "builder"]
+    assert config["default_profile"] == "default"
+
+
+def test_nri_allowed_profiles_cover_webhook_policy(render):
+    """Every profile the webhook admits in some namespace passes the plugin's list."""
+    rendered = render(VALUE_SETS["namespace-allowed-profiles"])
+    policy = _policy(rendered)
+    config = _nri_config(rendered)
+
+    for namespace in ("agents", "build-7", "tenant-a", "elsewhere"):
+        default, allowed = policy.profiles_for(namespace)
+        assert default in config["allowed_profiles"], namespace
+        assert set(allowed) <= set(config["allowed_profiles"]), namespace
+    assert policy.profiles_for("agents")[1] == ("codex", "reviewer")
+
+
+def test_nri_config_loads_with_namespace_profiles(render, tmp_path):
+    """The plugin's own config loader accepts the union list and keeps the cluster default."""
+    from kubefence.nri.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text(render(VALUE_SETS["namespace-allowed-profiles"]).one("ConfigMap", "-nri")["data"]["config.toml"])
+
+    config = load_config(str(path), {})
+
+    assert config.allowed_profiles == (*DEFAULT_PROFILES, "reviewer", "builder")
+    assert config.default_profile == "default"
 
 
 def test_nri_config_optional_keys(render):
