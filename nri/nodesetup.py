@@ -331,9 +331,13 @@ def plan_containerd(
         # A symlink could point outside the mounted configuration directory.
         raise NodeSetupError(f"containerd config {str(config)!r} is not a regular file (symlinks are rejected)")
     try:
-        text = config.read_text() if current is not None else ""
+        text = config.read_text(encoding="utf-8") if current is not None else ""
     except OSError as error:
         raise NodeSetupError(f"cannot read containerd config {str(config)!r}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise NodeSetupError(
+            f"containerd config {str(config)!r} is not UTF-8 text (invalid byte at offset {error.start})"
+        ) from None
 
     try:
         version, source = _resolve_version(version_option, address, text)

@@ -137,21 +137,28 @@ def run_review(args: argparse.Namespace) -> int:
     import orjson
     import yaml
 
-    from kubefence.common.policy import DEFAULT_POLICY, load_policy
+    from kubefence.common.policy import DEFAULT_POLICY, load_policy, yaml_error_message
     from kubefence.common.settings import ConfigError
     from kubefence.webhook.errors import ReviewError
     from kubefence.webhook.offline import ManifestError, review_documents, review_report
 
-    try:
-        policy = DEFAULT_POLICY
-        if args.policy:
+    policy = DEFAULT_POLICY
+    if args.policy:
+        try:
             with open(args.policy, "rb") as stream:
                 policy = load_policy(stream.read(), args.policy)
+        except OSError as error:
+            return _error("review", f"cannot read policy {error.filename!r}: {error.strerror}")
+        except ConfigError as error:
+            return _error("review", str(error))
+
+    try:
         if args.file == "-":
-            text = sys.stdin.read()
+            content = sys.stdin.buffer.read()
         else:
-            with open(args.file, encoding="utf-8") as stream:
-                text = stream.read()
+            with open(args.file, "rb") as stream:
+                content = stream.read()
+        text = content.decode("utf-8")
         documents = list(yaml.safe_load_all(text))
         reviews = review_documents(
             documents,
@@ -162,12 +169,11 @@ def run_review(args: argparse.Namespace) -> int:
         )
     except OSError as error:
         return _error("review", f"cannot read {error.filename!r}: {error.strerror}")
+    except UnicodeDecodeError as error:
+        return _error("review", f"{args.file}: not UTF-8 text (invalid byte at offset {error.start})")
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        return _error("review", f"{args.file}: invalid YAML{where}: {problem}")
-    except (ConfigError, ManifestError, ReviewError) as error:
+        return _error("review", f"{args.file}: {yaml_error_message(error)}")
+    except (ManifestError, ReviewError) as error:
         return _error("review", f"{args.file}: {error}")
 
     reports = [review_report(review) for review in reviews]

@@ -416,3 +416,14 @@ def test_node_setup_runtime_handler_added_once(capsys, node):
     assert runtimes["nono-runc"] == runtimes["runc"]
     assert again_code == nodesetup.EXIT_OK
     assert again["containerd"]["changes"] == []
+
+
+def test_node_setup_binary_config_fails_clearly(capsys, node):
+    config = node / "etc-containerd" / "config.toml"
+    config.write_bytes(b"\xff\xfe\x00bin")
+
+    code, report = _run(capsys, *_arguments(node, "", "2.2.2"), "--dry-run")
+
+    assert code == nodesetup.EXIT_FAILED
+    assert report["error"] == f"containerd config {str(config)!r} is not UTF-8 text (invalid byte at offset 0)"
+    assert config.read_bytes() == b"\xff\xfe\x00bin"
