@@ -8,6 +8,8 @@ import argparse
 import os
 import sys
 
+from kubefence.common.settings import positive_seconds
+
 # Exit codes of `kubefence review`.
 EXIT_ALLOWED = 0
 EXIT_DENIED = 1
@@ -35,14 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     serve.add_argument(
         "--policy-interval",
-        type=float,
+        type=positive_seconds,
         default=2.0,
         metavar="SECONDS",
         help="seconds between two reads of the policy file (default: %(default)s)",
     )
     serve.add_argument(
         "--certificate-interval",
-        type=float,
+        type=positive_seconds,
         default=10.0,
         metavar="SECONDS",
         help=(

@@ -15,6 +15,7 @@ certificate:
 
 import asyncio
 import ipaddress
+import math
 import os
 import signal
 import ssl
@@ -67,11 +68,11 @@ class ServeSettings:
             )
         if not 0 <= self.port <= 65535:
             raise ValueError(f"invalid port {self.port!r}; expected 0 to 65535")
-        if self.policy_interval <= 0:
-            raise ValueError(f"invalid policy interval {self.policy_interval!r}; expected a positive number of seconds")
-        if self.certificate_interval <= 0:
+        if not math.isfinite(self.policy_interval) or self.policy_interval <= 0:
+            raise ValueError(f"invalid policy interval {self.policy_interval!r}; expected a positive finite number of seconds")
+        if not math.isfinite(self.certificate_interval) or self.certificate_interval <= 0:
             raise ValueError(
-                f"invalid certificate interval {self.certificate_interval!r}; expected a positive number of seconds"
+                f"invalid certificate interval {self.certificate_interval!r}; expected a positive finite number of seconds"
             )
 
 

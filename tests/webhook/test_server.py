@@ -423,3 +423,10 @@ def test_policy_watcher_missing_file_keeps_policy(tmp_path):
     path.write_text("defaultProfile: swival\n")
     assert watcher.check_once() is True
     assert state.policy.default_profile == "swival"
+
+
+@pytest.mark.parametrize("field", ["policy_interval", "certificate_interval"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0, -1.0], ids=["nan", "inf", "zero", "negative"])
+def test_serve_settings_interval_not_finite_rejected(field, value):
+    with pytest.raises(ValueError, match="expected a positive finite number of seconds"):
+        ServeSettings(**{field: value})
