@@ -107,7 +107,7 @@ def run_webhook(args: argparse.Namespace) -> int:
 
     from kubefence.common.logs import configure_logging, get_logger
     from kubefence.common.settings import ConfigError
-    from kubefence.webhook.server import ServeSettings, run
+    from kubefence.webhook.server import ServeSettings, StartupError, run
 
     configure_logging(args.log_level or os.environ.get("KUBEFENCE_LOG_LEVEL") or "info")
     log = get_logger("kubefence.webhook")
@@ -128,6 +128,9 @@ def run_webhook(args: argparse.Namespace) -> int:
         run(settings)
     except ConfigError as error:
         log.error("invalid policy; not starting", error=str(error))
+        return EXIT_BAD_INPUT
+    except StartupError as error:
+        log.error("cannot start the webhook", error=str(error))
         return EXIT_BAD_INPUT
     except (OSError, ssl.SSLError) as error:
         log.error("cannot start the webhook", error=str(error), filename=getattr(error, "filename", None) or "")
