@@ -125,7 +125,7 @@ def _mapping(value: Any, where: str, *, required: bool = False) -> Mapping[str, 
     if value is None and not required:
         return {}
     if not isinstance(value, Mapping):
-        raise ReviewError(f"invalid {where}: expected an object, got {_short(value)}")
+        raise ReviewError(f"invalid {where}: expected an object, got {short_repr(value)}")
     return value
 
 
@@ -133,7 +133,7 @@ def _list(value: Any, where: str) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise ReviewError(f"invalid {where}: expected a list, got {_short(value)}")
+        raise ReviewError(f"invalid {where}: expected a list, got {short_repr(value)}")
     return value
 
 
@@ -141,11 +141,12 @@ def _string(value: Any, where: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise ReviewError(f"invalid {where}: expected a string, got {_short(value)}")
+        raise ReviewError(f"invalid {where}: expected a string, got {short_repr(value)}")
     return value
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
+    """Return repr(value), cut to 80 characters for error messages."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -279,7 +280,7 @@ def _read_container(container: Any, where: str) -> _Denied | None:
     if not isinstance(name, str) or not name:
         return _Denied(
             Reason.INVALID_CONTAINER_NAME,
-            f"{where}: invalid name {_short(name)}; expected a non-empty string",
+            f"{where}: invalid name {short_repr(name)}; expected a non-empty string",
         )
     for mounts_key, path_key in (("volumeMounts", "mountPath"), ("volumeDevices", "devicePath")):
         mounts = _list(container.get(mounts_key), f"{where}.{mounts_key}")
@@ -422,7 +423,7 @@ def _required_plugins_value(annotations: Mapping[str, Any], plugin_name: str) ->
     if not isinstance(plugins, list) or not all(isinstance(item, str) for item in plugins):
         raise _Denied(
             Reason.INVALID_REQUIRED_PLUGINS,
-            f"annotation {contracts.REQUIRED_PLUGINS_ANNOTATION!r}: invalid value {_short(current)}; "
+            f"annotation {contracts.REQUIRED_PLUGINS_ANNOTATION!r}: invalid value {short_repr(current)}; "
             f"expected a JSON list of NRI plugin names such as {orjson.dumps([plugin_name]).decode()!r}",
         )
     if plugin_name in plugins:

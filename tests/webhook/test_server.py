@@ -121,10 +121,12 @@ def replaced(path: list[str], value) -> bytes:
         (replaced(["apiVersion"], "admission.k8s.io/v1beta1"), "'admission.k8s.io/v1beta1'"),
         (replaced(["kind"], "Pod"), "invalid kind 'Pod'"),
         (without(["request"]), "missing request"),
-        (replaced(["request"], []), "missing request"),
+        (replaced(["request"], []), "invalid request []; expected an object"),
+        (replaced(["request"], "x"), "invalid request 'x'; expected an object"),
         (without(["request", "uid"]), "missing request.uid"),
         (replaced(["request", "uid"], ""), "missing request.uid"),
-        (replaced(["request", "uid"], 12), "missing request.uid"),
+        (replaced(["request", "uid"], 12), "invalid request.uid 12; expected a non-empty string"),
+        (replaced(["request", "uid"], 5), "invalid request.uid 5; expected a non-empty string"),
         (replaced(["request", "object"], None), "missing request.object"),
         (replaced(["request", "object"], "pod"), "invalid request.object"),
         (replaced(["request", "object", "spec", "containers"], {"name": "x"}), "object.spec.containers"),
@@ -133,7 +135,7 @@ def replaced(path: list[str], value) -> bytes:
     ],
     ids=[
         "empty", "array", "string", "no-api-version", "v1beta1", "wrong-kind", "no-request", "request-array",
-        "no-uid", "empty-uid", "uid-number", "null-object", "object-string", "containers-object", "operation-number",
+        "request-string", "no-uid", "empty-uid", "uid-number", "uid-five", "null-object", "object-string", "containers-object", "operation-number",
         "truncated",
     ],
 )
@@ -510,3 +512,34 @@ def test_policy_watcher_missing_file_keeps_policy(tmp_path):
 def test_serve_settings_interval_not_finite_rejected(field, value):
     with pytest.raises(ValueError, match="expected a positive finite number of seconds"):
         ServeSettings(**{field: value})
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/nope"), ("GET", "/"), ("POST", "/mutate/x")], ids=["unknown", "root", "below-mutate"])
+def test_app_unknown_path_plain_text_404(method, path):
+    response = call_app(create_app(WebhookState()), method, path)
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert response.text == f"not found: {path}; endpoints: POST /mutate, GET /healthz, /readyz, /metrics\n"
+
+
+def test_app_wrong_method_plain_text_405():
+    response = call_app(create_app(WebhookState()), "POST", "/healthz")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert response.text == "method not allowed\n"
+    assert response.headers["allow"] == "GET"
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({}, "missing Content-Type; expected application/json\n"),
+        ({"content-type": ""}, "missing Content-Type; expected application/json\n"),
+        ({"content-type": "text/plain"}, "unsupported content type 'text/plain'; expected application/json\n"),
+    ],
+    ids=["absent", "empty", "text"],
+)
+def test_app_content_type_message(headers, message):
+    response = call_app(create_app(WebhookState()), "POST", "/mutate", content=b"{}", headers=headers)
+    assert response.status_code == 415
+    assert response.text == message
