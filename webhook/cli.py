@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "review",
         help="run the admission decision on a manifest, offline",
         description=(
-            "Print the admission decision, the JSON Patch and the patched pod for each object in FILE "
+            "Print the admission decision, the JSON Patch and the patched pod for each object in POD.yaml "
             "('-' reads standard input). A Pod is reviewed as it is; for a workload (Deployment, Job, "
             "CronJob, ...) the pod its controller creates from the template is reviewed. "
             "Exit status: 0 allowed, 1 denied, 2 invalid input."

@@ -235,3 +235,14 @@ def test_review_manifest_yaml_error_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith(f"kubefence review: error: {manifest}: invalid YAML at line 3, column 6: ")
+
+
+def test_review_help_names_positional_consistently():
+    result = subprocess.run(
+        [sys.executable, "-m", "kubefence", "review", "--help"], capture_output=True, text=True, timeout=60
+    )
+    description = " ".join(result.stdout.split())
+    assert "usage: kubefence review [-h]" in description
+    assert "POD.yaml" in description.split("positional arguments:")[0].split("]", 1)[1]
+    assert "each object in POD.yaml ('-' reads standard input)" in description
+    assert " FILE (" not in description
