@@ -332,6 +332,8 @@ def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) ->
             raise ConfigError([f"cannot read configuration file {path!r}: {error.strerror}"]) from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError([f"invalid TOML: {error}"], source=path) from None
+        except UnicodeDecodeError as error:
+            raise ConfigError([f"not UTF-8 text (invalid byte at offset {error.start})"], source=path) from None
 
     problems: list[str] = []
     values: dict[str, Any] = {}

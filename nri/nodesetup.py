@@ -93,7 +93,9 @@ def register(subparsers) -> None:
         default="",
         help="expected SHA-256 of the nono binary as 64 hex digits; installation fails on a mismatch",
     )
-    binary.add_argument("--no-binary", action="store_true", help="skip installing the nono binary")
+    binary.add_argument(
+        "--no-binary", action=_SkipStep, other="no_containerd_config", help="skip installing the nono binary"
+    )
 
     containerd = parser.add_argument_group("containerd")
     containerd.add_argument(
@@ -124,7 +126,9 @@ def register(subparsers) -> None:
             "of the runc runtime (repeatable; for runc-based RuntimeClasses such as nono-runc)"
         ),
     )
-    containerd.add_argument("--no-containerd-config", action="store_true", help="leave containerd's configuration alone")
+    containerd.add_argument(
+        "--no-containerd-config", action=_SkipStep, other="no_binary", help="leave containerd's configuration alone"
+    )
 
     parser.add_argument(
         "--dry-run",
@@ -135,6 +139,19 @@ def register(subparsers) -> None:
         ),
     )
     parser.set_defaults(func=run)
+
+
+class _SkipStep(argparse.Action):
+    """A flag that skips one of the two steps; giving both flags is an argument error, as nothing would run."""
+
+    def __init__(self, option_strings, dest, other: str, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+        self.other = other
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.other, False):
+            parser.error("--no-binary and --no-containerd-config together skip every step; give at most one")
+        setattr(namespace, self.dest, True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
             if args.dry_run:
                 report["diff"] = containerd.diff
                 sys.stderr.write(containerd.diff)
+            report["warnings"].extend(containerd.warnings)
             report["warnings"].extend(containerd.edit.warnings)
             report["containerd"] = containerd.report
             report["changed"] |= containerd.edit.changed
@@ -318,6 +336,8 @@ class ContainerdPlan:
     edit: Any  # containerd_config.ConfigEdit
     diff: str
     report: dict[str, Any]
+    # Problems that did not stop the plan, such as a version taken from the file.
+    warnings: tuple[str, ...] = ()
 
 
 def plan_containerd(
@@ -331,12 +351,16 @@ def plan_containerd(
         # A symlink could point outside the mounted configuration directory.
         raise NodeSetupError(f"containerd config {str(config)!r} is not a regular file (symlinks are rejected)")
     try:
-        text = config.read_text() if current is not None else ""
+        text = config.read_text(encoding="utf-8") if current is not None else ""
     except OSError as error:
         raise NodeSetupError(f"cannot read containerd config {str(config)!r}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise NodeSetupError(
+            f"containerd config {str(config)!r} is not UTF-8 text (invalid byte at offset {error.start})"
+        ) from None
 
     try:
-        version, source = _resolve_version(version_option, address, text)
+        version, source, version_warning = _resolve_version(version_option, address, text)
         edit = edit_config(text, version, runtime_handlers)
     except ContainerdConfigError as error:
         raise NodeSetupError(f"{config}: {error}") from None
@@ -358,22 +382,27 @@ def plan_containerd(
         "required_plugins_enforced": edit.required_plugins_enforced,
         "nri_socket_path": edit.nri_socket_path,
     }
-    return ContainerdPlan(path=config, old_text=text, edit=edit, diff=diff, report=report)
+    warnings = (version_warning,) if version_warning else ()
+    return ContainerdPlan(path=config, old_text=text, edit=edit, diff=diff, report=report, warnings=warnings)
 
 
 def _resolve_version(option: str, address: str, text: str):
-    """Return (ContainerdVersion, how it was found)."""
+    """Return (ContainerdVersion, how it was found, a warning or None)."""
     from kubefence.nri.containerd_config import ContainerdVersion, infer_version
 
     if option != "auto":
-        return ContainerdVersion.parse(option), "option"
+        return ContainerdVersion.parse(option), "option", None
     try:
-        return ContainerdVersion.parse(query_containerd_version(address)), "containerd"
+        return ContainerdVersion.parse(query_containerd_version(address)), "containerd", None
     except (OSError, ValueError) as error:
         socket_problem = str(error)
     inferred = infer_version(text)
     if inferred is not None:
-        return inferred, "config"
+        warning = (
+            f"asking containerd at {address!r} for its version failed ({socket_problem}); using {inferred}, "
+            "the oldest release the config file can come from; pass --containerd-version to give the exact release"
+        )
+        return inferred, "config", warning
     raise NodeSetupError(
         f"cannot tell the containerd version: asking containerd at {address!r} failed ({socket_problem}) "
         "and the config file does not show it; pass --containerd-version"

@@ -245,3 +245,11 @@ def test_clean_path_matches_go(path, expected):
 )
 def test_split_host_port_accepted(address, expected):
     assert split_host_port(address) == expected
+
+
+def test_config_binary_file_named(tmp_path):
+    path = tmp_path / "bin.toml"
+    path.write_bytes(b"\xff\xfe\x00bin")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert str(caught.value) == f"{path}: not UTF-8 text (invalid byte at offset 0)"

@@ -246,6 +246,11 @@ def test_node_setup_auto_version_falls_back_to_config(capsys, node):
 
     assert code == nodesetup.EXIT_RESTART_NEEDED
     assert report["containerd"]["version_source"] == "config"
+    address = str(node / "no-containerd.sock")
+    assert report["warnings"][0] == (
+        f"asking containerd at {address!r} for its version failed (socket {address!r} not found); using 2.2.0, "
+        "the oldest release the config file can come from; pass --containerd-version to give the exact release"
+    )
 
 
 def test_node_setup_auto_version_unknown_fails(capsys, node):
@@ -416,3 +421,26 @@ def test_node_setup_runtime_handler_added_once(capsys, node):
     assert runtimes["nono-runc"] == runtimes["runc"]
     assert again_code == nodesetup.EXIT_OK
     assert again["containerd"]["changes"] == []
+
+
+def test_node_setup_binary_config_fails_clearly(capsys, node):
+    config = node / "etc-containerd" / "config.toml"
+    config.write_bytes(b"\xff\xfe\x00bin")
+
+    code, report = _run(capsys, *_arguments(node, "", "2.2.2"), "--dry-run")
+
+    assert code == nodesetup.EXIT_FAILED
+    assert report["error"] == f"containerd config {str(config)!r} is not UTF-8 text (invalid byte at offset 0)"
+    assert config.read_bytes() == b"\xff\xfe\x00bin"
+
+
+@pytest.mark.parametrize(
+    "flags", [["--no-binary", "--no-containerd-config"], ["--no-containerd-config", "--no-binary"]], ids=["binary-first", "config-first"]
+)
+def test_node_setup_skipping_both_steps_argument_error(capsys, flags):
+    parser = argparse.ArgumentParser(prog="kubefence")
+    nodesetup.register(parser.add_subparsers())
+    with pytest.raises(SystemExit) as caught:
+        parser.parse_args(["node-setup", *flags])
+    assert caught.value.code == 2
+    assert "--no-binary and --no-containerd-config together skip every step" in capsys.readouterr().err
