@@ -66,7 +66,7 @@ mount_point="$rootfs/nono"
 [ -d "$mount_point" ] || fail "/nono is not a directory in root filesystem '$rootfs'"
 [ ! -L "$mount_point/nono" ] || fail "/nono/nono is a symlink, not the trusted nono binary"
 
-expected=$(stat -L -c %d:%i "$host_dir/nono") || fail "cannot stat the trusted nono binary '$host_dir/nono'"
+expected=$(stat -L -c %d:%i "$host_dir/nono" 2>/dev/null) || fail "cannot stat the trusted nono binary '$host_dir/nono'"
 actual=$(stat -L -c %d:%i "$mount_point/nono" 2>/dev/null) || fail "/nono/nono not found in the container"
 [ "$actual" = "$expected" ] \
     || fail "/nono/nono (device:inode $actual) is not the trusted '$host_dir/nono' ($expected)"
