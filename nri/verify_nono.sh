@@ -29,9 +29,9 @@ case "$host_dir" in
     *) fail "host directory '$host_dir' is not an absolute path" ;;
 esac
 
-# Print the one string value of JSON key $2 in text $1, or fail. Values
-# with escapes (a backslash) are rejected: runtime paths have none, and a
-# second occurrence of the key (for example as an annotation key) is
+# Print the one string value of JSON key $2 in text $1, or return 1. A value
+# with an escape (a backslash) is rejected because runtime paths have none.
+# A second occurrence of the key, for example as an annotation key, is
 # ambiguous, so it is rejected too.
 json_string() {
     matches=$(printf '%s' "$1" | tr -d '\n\r' \
@@ -50,7 +50,7 @@ esac
 config="$bundle/config.json"
 [ -f "$config" ] || fail "bundle config '$config' not found"
 spec=$(cat "$config") || fail "cannot read bundle config '$config'"
-# The "root" object holds only "path" and "readonly", so it has no nested braces.
+# The "root" object contains only "path" and "readonly", so it has no nested braces.
 root=$(printf '%s' "$spec" | tr -d '\n\r' | grep -oE '"root"[[:space:]]*:[[:space:]]*\{[^{}]*\}') \
     || fail "bundle config '$config' has no \"root\" object"
 [ "$(printf '%s\n' "$root" | wc -l)" -eq 1 ] || fail "bundle config '$config' has more than one \"root\" object"
