@@ -7,7 +7,9 @@ and accept the pod. runc mounts the trusted directory through the symlink
 (at /data/tools) and the deeper pod volume on top of it, so /nono/nono
 would be the pod's file, running without Landlock. With `verify_hook` on,
 the plugin adds the hook that node-setup installed, and the hook fails the
-create before pivot_root. kube-apiserver, the kubelet and containerd are
+create before pivot_root. The hook also stops the reverse case, an image
+symlink `/data -> /nono` with a pod file mount at /data/nono, which lands on
+/nono/nono. kube-apiserver, the kubelet and containerd are
 played by the test (see e2e_harness.py).
 """
 
@@ -68,12 +70,14 @@ def node(hook_host_dir, tmp_path_factory):
     assert plugin.close() == 0, plugin.log_path.read_text()
 
 
-def agent_pod(command, volume_mount=None):
+def agent_pod(command, volume_mount=None, sub_path=""):
     container = {"name": "agent", "image": "busybox", "command": list(command)}
     spec = {"runtimeClassName": "nono-runc", "restartPolicy": "Never", "containers": [container]}
     if volume_mount:
         spec["volumes"] = [{"name": "tools", "emptyDir": {}}]
         container["volumeMounts"] = [{"name": "tools", "mountPath": volume_mount}]
+        if sub_path:
+            container["volumeMounts"][0]["subPath"] = sub_path
     metadata = {"name": f"agent-{uuid.uuid4().hex[:8]}", "namespace": "agents",
                 "annotations": {PROFILE_ANNOTATION: "default"}}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
@@ -169,6 +173,35 @@ def test_verify_hook_relative_symlink_nono_fails_create(runc, bundle, base_spec,
     assert result.exit_code != 0
     assert "fake nono ran" not in result.stdout
     assert "kubefence-verify: " in result.stderr
+
+
+def test_verify_hook_file_over_nono_binary_fails_create(runc, bundle, base_spec, node):
+    """An image symlink `/data -> /nono` turns a pod file mount at /data/nono into one over /nono/nono."""
+    (bundle / "rootfs" / "data").symlink_to("/nono")
+    pod = agent_pod(["/bin/sh", "-c", "echo workload"], volume_mount="/data/nono", sub_path="nono")
+    _, created = create(None, node, bundle, pod, fill_volume=plant_fake_nono)
+    assert created.ok, created.error
+    kubelet_sim.apply_to_spec(base_spec, created.final)
+
+    result = runc.run(bundle, base_spec)
+
+    assert result.exit_code != 0
+    assert "fake nono ran" not in result.stdout
+    assert "is not the trusted" in result.stderr
+    assert not (bundle / "rootfs" / "etc" / "written-outside-the-sandbox").exists()
+
+
+def test_verify_hook_file_over_nono_binary_runs_without_hook(runc, bundle, base_spec, node):
+    """Without the hook the same pod runs its own file as /nono/nono."""
+    (bundle / "rootfs" / "data").symlink_to("/nono")
+    pod = agent_pod(["/bin/sh", "-c", "echo workload"], volume_mount="/data/nono", sub_path="nono")
+    _, created = create(None, node, bundle, pod, fill_volume=plant_fake_nono)
+    kubelet_sim.apply_to_spec(base_spec, created.final)
+    del base_spec["hooks"]["createContainer"]
+
+    result = runc.run(bundle, base_spec)
+
+    assert "fake nono ran" in result.stdout, result.stderr
 
 
 def test_verify_hook_wrapped_container_starts_confined(runc, bundle, base_spec, webhook, node, hook_host_dir):
