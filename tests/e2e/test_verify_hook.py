@@ -117,10 +117,11 @@ def plant_fake_nono(directory):
     os.chmod(directory / "nono", 0o755)
 
 
-# The attack runs with the /nono mount that the plugin adds, as for a pod
-# that did not pass the webhook. containerd's CRI sorts a pod's mounts by
-# depth, so the webhook's /nono volume also comes before /data/tools there;
-# kubelet_sim keeps the volumeMounts order, which would hide the attack.
+# The attacks run with the /nono mount that the plugin adds, as for a pod
+# that did not pass the webhook, because the plugin's mounts get sorted by
+# depth. containerd's CRI plugin (WithMounts) sorts a pod's own mounts by
+# depth too, so the webhook's /nono volume also comes first there. The
+# kubelet_sim module keeps the volumeMounts order, which would hide the attack.
 
 
 def test_verify_hook_image_symlink_nono_fails_create(runc, bundle, base_spec, webhook, node, hook_host_dir):
@@ -147,7 +148,7 @@ def test_verify_hook_image_symlink_nono_fails_create(runc, bundle, base_spec, we
     assert not (bundle / "rootfs" / "etc" / "written-outside-the-sandbox").exists()
 
 
-def test_verify_hook_attack_runs_fake_nono_without_hook(runc, bundle, base_spec, webhook, node, hook_host_dir):
+def test_verify_hook_attack_runs_fake_nono_without_hook(runc, bundle, base_spec, node):
     """The same run with the hook taken out of the spec starts the pod's file: the attack is real here."""
     (bundle / "rootfs" / "nono").symlink_to("/data/tools")
     pod = agent_pod(["/bin/sh", "-c", "echo workload"], volume_mount="/data/tools")
@@ -191,7 +192,7 @@ def test_verify_hook_file_over_nono_binary_fails_create(runc, bundle, base_spec,
     assert not (bundle / "rootfs" / "etc" / "written-outside-the-sandbox").exists()
 
 
-def test_verify_hook_file_over_nono_binary_runs_without_hook(runc, bundle, base_spec, node):
+def test_verify_hook_file_over_nono_without_hook(runc, bundle, base_spec, node):
     """Without the hook the same pod runs its own file as /nono/nono."""
     (bundle / "rootfs" / "data").symlink_to("/nono")
     pod = agent_pod(["/bin/sh", "-c", "echo workload"], volume_mount="/data/nono", sub_path="nono")
