@@ -16,6 +16,10 @@
 # parsed fails the create (exit 1, one line on stderr).
 
 set -u
+# The runtime may start the hook with an empty or missing PATH, and the
+# tools below must still be found.
+PATH=${PATH:-/usr/sbin:/usr/bin:/sbin:/bin}
+export PATH
 
 fail() {
     echo "kubefence-verify: $*" >&2

@@ -93,6 +93,13 @@ def test_verify_hook_absolute_root_accepted(shell_env, node, tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize("env", [{}, {"PATH": ""}], ids=["unset", "empty"])
+def test_verify_hook_without_path_accepted(node, env):
+    host_dir, bundle = node
+    result = run_hook((["/bin/sh"], env), state(bundle), str(host_dir))
+    assert result.returncode == 0, result.stderr
+
+
 def test_verify_hook_state_spacing_accepted(shell_env, node):
     host_dir, bundle = node
     result = run_hook(shell_env, json.dumps(json.loads(state(bundle)), indent=4), str(host_dir))
