@@ -152,8 +152,12 @@ def test_schema_unknown_key_fails_render(render, values):
         {"nri": {"pluginIndex": "1"}},
         {"hostDir": "/opt/nono nri"},
         {"nodeSetup": {"containerdConfig": "/etc/containerd/../x.toml; reboot"}},
+        {"nri": {"verifyHook": "yes"}},
     ],
-    ids=["profile-flag", "timeout-above-30", "rotate-unknown", "short-digest", "one-digit-index", "path-space", "path-shell"],
+    ids=[
+        "profile-flag", "timeout-above-30", "rotate-unknown", "short-digest", "one-digit-index", "path-space",
+        "path-shell", "verify-hook-string",
+    ],
 )
 def test_schema_invalid_value_fails_render(render, values):
     with pytest.raises(HelmValuesError):
@@ -650,6 +654,7 @@ def test_nri_config_keys(render):
         "on_missing_profile": "reject",
         "nono_host_dir": "/opt/nono-nri",
         "state_dir": "/var/lib/kubefence-nri",
+        "verify_hook": True,
         "metrics_address": "0.0.0.0:9090",
     }
 
@@ -686,6 +691,22 @@ def test_nri_config_loads_with_namespace_profiles(render, tmp_path):
 
     assert config.allowed_profiles == (*DEFAULT_PROFILES, "reviewer", "builder")
     assert config.default_profile == "default"
+
+def test_nri_config_verify_hook_off(render):
+    assert _nri_config(render({"nri": {"verifyHook": False}}))["verify_hook"] is False
+
+
+def test_nri_config_verify_hook_off_for_image_volume(render):
+    values = {"nonoVolume": {"type": "image", "image": {"reference": "ghcr.io/example/nono:1"}}}
+    assert _nri_config(render(values))["verify_hook"] is False
+
+
+def test_nri_config_verify_hook_accepted_by_plugin(render, tmp_path):
+    from kubefence.nri.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text(render().one("ConfigMap", "-nri")["data"]["config.toml"])
+    assert load_config(str(path)).verify_hook is True
 
 
 def test_nri_config_optional_keys(render):
