@@ -647,13 +647,14 @@ def test_nri_config_keys(render):
     assert config == {
         "socket_path": "/var/run/nri/nri.sock",
         "plugin_name": "kubefence",
-        "plugin_index": "10",
+        "plugin_index": "90",
         "runtime_handlers": ["nono-runc", "kata-nono-sandbox"],
         "default_profile": "default",
         "allowed_profiles": list(DEFAULT_PROFILES),
         "on_missing_profile": "reject",
         "nono_host_dir": "/opt/nono-nri",
         "state_dir": "/var/lib/kubefence-nri",
+        "validator": True,
         "verify_hook": True,
         "metrics_address": "0.0.0.0:9090",
     }
@@ -709,17 +710,24 @@ def test_nri_config_verify_hook_accepted_by_plugin(render, tmp_path):
     assert load_config(str(path)).verify_hook is True
 
 
-def test_nri_config_optional_keys(render):
-    config = _nri_config(render({"nri": {"seccompProfile": "runtime/default", "validator": "strict"}}))
+def test_nri_config_optional_keys(render, tmp_path):
+    """seccompProfile and validator reach the plugin's own loader with the types it accepts."""
+    from kubefence.nri.config import load_config
 
-    assert config["seccomp_profile"] == "runtime/default"
-    assert config["validator"] == "strict"
+    rendered = render({"nri": {"seccompProfile": "restricted", "validator": False}})
+    config = _nri_config(rendered)
+    assert config["seccomp_profile"] == "restricted"
+    assert config["validator"] is False
+
+    path = tmp_path / "config.toml"
+    path.write_text(rendered.one("ConfigMap", "-nri")["data"]["config.toml"])
+    loaded = load_config(str(path))
+    assert loaded.seccomp_profile == "restricted"
+    assert loaded.validator is False
 
 
-def test_nri_config_escapes_strings(render):
-    config = _nri_config(render({"nri": {"seccompProfile": 'profile "quoted" \\ back'}}))
-
-    assert config["seccomp_profile"] == 'profile "quoted" \\ back'
+def test_nri_config_validator_on_by_default(render):
+    assert _nri_config(render())["validator"] is True
 
 
 def test_nri_daemonset_never_overlaps(render):

@@ -224,9 +224,7 @@ state_dir = {{ .Values.nri.stateDir | toJson }}
 {{- if .Values.nri.seccompProfile }}
 seccomp_profile = {{ .Values.nri.seccompProfile | toJson }}
 {{- end }}
-{{- if .Values.nri.validator }}
 validator = {{ .Values.nri.validator | toJson }}
-{{- end }}
 {{- /* node-setup installs the hook script next to nono, which it skips for image volumes. */}}
 verify_hook = {{ and .Values.nri.verifyHook (ne .Values.nonoVolume.type "image") | toJson }}
 metrics_address = {{ printf "0.0.0.0:%d" (int .Values.nri.metricsPort) | toJson }}
