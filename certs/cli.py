@@ -129,7 +129,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from kubefence.certs import pki
     from kubefence.certs.files import CERT_MODE, KEY_MODE, OutputExistsError, write_files
-    from kubefence.certs.options import OptionsError, parse_duration
+    from kubefence.certs.options import OptionsError, check_san_dns_name, check_validities, parse_duration
     from kubefence.common.logs import configure_logging, get_logger
 
     configure_logging(args.log_level)
@@ -143,8 +143,11 @@ def run_generate(args: argparse.Namespace) -> int:
                 ipaddress.ip_address(address)
             except ValueError:
                 raise OptionsError(f"--ip: invalid IP address {address!r}; expected an IPv4 or IPv6 address such as 127.0.0.1") from None
+        for name in dns_names:
+            check_san_dns_name(name)
         ca_validity = parse_duration(args.ca_validity, "--ca-validity")
         leaf_validity = parse_duration(args.leaf_validity, "--leaf-validity")
+        check_validities(ca_validity, leaf_validity)
     except OptionsError as error:
         log.error("certs.invalid_options", error=str(error))
         return 2

@@ -1,6 +1,7 @@
 """Settings of `kubefence certs ensure`, checked when they are built."""
 
 import datetime
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ def parse_duration(text: str, option: str = "duration") -> datetime.timedelta:
 def format_duration(value: datetime.timedelta) -> str:
     """Write a duration in the form `parse_duration` reads, in whole hours when it is one."""
     seconds = int(value.total_seconds())
-    if seconds % 3600 == 0:
+    if seconds and seconds % 3600 == 0:
         return f"{seconds // 3600}h"
     return f"{seconds}s"
 
@@ -121,6 +122,41 @@ class EnsureOptions:
         """The Service's DNS names, short form first (the certificate's common name)."""
         qualified = f"{self.service}.{self.namespace}"
         return [self.service, qualified, f"{qualified}.svc", f"{qualified}.svc.{self.cluster_domain}"]
+
+
+# A DNS name in a certificate SAN: letters, digits and hyphens in labels of
+# at most 63 characters, optionally behind one leading wildcard label.
+_SAN_DNS_LABEL = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?")
+
+
+def check_san_dns_name(name: str, option: str = "--dns") -> None:
+    """Raise OptionsError unless `name` is a DNS name that can go into a certificate SAN."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        raise OptionsError(f"{option}: {name!r} is an IP address, not a DNS name; pass it with --ip")
+    labels = name.split(".")
+    if labels[0] == "*" and len(labels) > 1:
+        labels = labels[1:]
+    if len(name) > 253 or not all(_SAN_DNS_LABEL.fullmatch(label) for label in labels):
+        raise OptionsError(
+            f"{option}: invalid DNS name {name!r}; expected labels of letters, digits and hyphens separated "
+            f"by dots, such as 'webhook.example.com' (a leading '*.' is allowed)"
+        )
+
+
+def check_validities(ca_validity: datetime.timedelta, leaf_validity: datetime.timedelta) -> None:
+    """Raise OptionsError unless both lifetimes are positive and the serving certificate ends with the CA at the latest."""
+    for option, value in (("--ca-validity", ca_validity), ("--leaf-validity", leaf_validity)):
+        if value <= datetime.timedelta(0):
+            raise OptionsError(f"{option}: invalid duration {format_duration(value)!r}; expected more than zero")
+    if leaf_validity > ca_validity:
+        raise OptionsError(
+            f"--leaf-validity {format_duration(leaf_validity)!r} is longer than --ca-validity "
+            f"{format_duration(ca_validity)!r}; a serving certificate cannot outlive its CA"
+        )
 
 
 def _valid_subdomain(value: str) -> bool:

@@ -25,6 +25,10 @@ NONO_BINARY_PATH = "/nono/nono"
 # Host directory that node-setup fills with the nono binary.
 DEFAULT_HOST_DIR = "/opt/nono-nri"
 
+# File name, in the host directory, of the OCI createContainer hook script
+# that node-setup installs and the NRI plugin adds to wrapped containers.
+VERIFY_HOOK_NAME = "kubefence-verify"
+
 # Name of the pod volume the webhook injects.
 NONO_VOLUME_NAME = "kubefence-nono"
 

@@ -269,12 +269,26 @@ def parse_policy(document: Any) -> Policy:
     return Policy(**values)
 
 
+def yaml_error_message(error: yaml.YAMLError) -> str:
+    """Return a one-line message for a PyYAML error: its first line and, when known, the line and column.
+
+    PyYAML's own message spans several lines (context, the quoted source
+    line and a caret), which does not fit in a log field or a CLI error.
+    """
+    if isinstance(error, yaml.reader.ReaderError) and error.encoding:
+        return f"not {error.encoding.upper()} text (invalid byte at offset {error.position})"
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(error, "problem", None) or (str(error).splitlines() or [type(error).__name__])[0]
+    return f"invalid YAML{where}: {problem}"
+
+
 def load_policy(text: str | bytes, source: str = "") -> Policy:
     """Parse and validate a YAML policy document. Errors carry `source` in the message."""
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError([f"invalid YAML: {error}"], source) from None
+        raise ConfigError([yaml_error_message(error)], source) from None
     try:
         return parse_policy(document)
     except ConfigError as error:

@@ -89,3 +89,17 @@ def get_str_list(value: Any, where: str, *, allow_empty: bool = False) -> tuple[
             raise ConfigError([f"{field_path(where, index)}: duplicate value {item!r}"])
         items.append(item)
     return tuple(items)
+
+
+def positive_seconds(text: str) -> float:
+    """Parse a command-line number of seconds: finite and above zero (an argparse `type`)."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}; expected a positive number such as 2 or 0.5") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}; expected a positive finite number such as 2 or 0.5")
+    return value

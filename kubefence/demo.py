@@ -40,6 +40,8 @@ Exit codes:
 import argparse
 import sys
 
+from kubefence.common.settings import positive_seconds
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CANNOT_RUN = 2
@@ -119,7 +121,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         default=20.0,
         metavar="SECONDS",
         help="stop a container that runs longer than this many seconds (default: %(default)s)",

@@ -15,7 +15,7 @@ import yaml
 
 from kubefence import kubelet_sim, oci
 from kubefence.common.contracts import NONO_MOUNT_PATH
-from kubefence.common.policy import DEFAULT_POLICY, HostPathSource
+from kubefence.common.policy import DEFAULT_POLICY, HostPathSource, yaml_error_message
 from kubefence.demo import EXIT_FAILED, EXIT_OK, SAMPLE_EXPECTED, SAMPLE_POD, DemoError
 from kubefence.nri.config import PluginConfig
 from kubefence.nri.decision import decide_create
@@ -69,13 +69,17 @@ def load_pod(path: str | None) -> tuple[dict, str]:
         text = SAMPLE_POD
     else:
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as error:
             raise DemoError(f"cannot read --pod {path!r}: {error.strerror}") from None
+        except UnicodeDecodeError as error:
+            raise DemoError(f"--pod {path!r} is not UTF-8 text (invalid byte at offset {error.start})") from None
     try:
         document = yaml.safe_load(text)
         pod, _ = pod_from_manifest(document)
-    except (yaml.YAMLError, ManifestError) as error:
+    except yaml.YAMLError as error:
+        raise DemoError(f"invalid pod manifest {path or 'sample'!r}: {yaml_error_message(error)}") from None
+    except ManifestError as error:
         raise DemoError(f"invalid pod manifest {path or 'sample'!r}: {error}") from None
     return pod, text
 

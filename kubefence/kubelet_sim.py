@@ -133,7 +133,7 @@ def create_request(
 
 
 def apply_to_spec(spec: dict, container: Container, working_dir: str | None = None) -> None:
-    """Set an OCI runtime spec's args, env and added mounts from the final container."""
+    """Set an OCI runtime spec's args, env, added mounts and createContainer hooks from the final container."""
     spec["process"]["args"] = list(container.args)
     spec["process"]["env"] = list(container.env)
     if working_dir:
@@ -145,3 +145,8 @@ def apply_to_spec(spec: dict, container: Container, working_dir: str | None = No
             "source": mount.source,
             "options": list(mount.options),
         })
+    for hook in container.hooks:
+        entry = {"path": hook.path, "args": list(hook.args)}
+        if hook.env:
+            entry["env"] = list(hook.env)
+        spec.setdefault("hooks", {}).setdefault("createContainer", []).append(entry)

@@ -134,10 +134,12 @@ def missing_requirement(busybox: str = "busybox", runc: str = "runc") -> str | N
     """
     if os.geteuid() != 0:
         return "root is needed: runc runs the containers as root (run as root or with sudo)"
-    if shutil.which(runc) is None:
-        return f"runc not found: {runc!r} (Debian and Ubuntu: apt-get install runc)"
-    if shutil.which(busybox) is None:
-        return f"busybox not found: {busybox!r} (Debian and Ubuntu: apt-get install busybox-static)"
+    for name, value, package in (("runc", runc, "runc"), ("busybox", busybox, "busybox-static")):
+        if shutil.which(value) is not None:
+            continue
+        if os.sep in value and os.path.isfile(value):
+            return f"{name} is not executable: {value!r} (chmod +x it, or pass another file)"
+        return f"{name} not found: {value!r} (Debian and Ubuntu: apt-get install {package})"
     try:
         import nono_py
     except ImportError:

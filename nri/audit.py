@@ -52,6 +52,9 @@ class AuditStore:
         here, at start-up, when no write of this process can be running.
         """
         self.state_dir = state_dir
+        if os.path.lexists(state_dir) and not os.path.isdir(state_dir):
+            # makedirs would report "File exists", which hides the problem.
+            raise NotADirectoryError(f"state_dir {state_dir!r} exists and is not a directory")
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         for name in os.listdir(state_dir):
             if name.startswith(".") and name.endswith(_TEMPORARY_SUFFIX):

@@ -11,6 +11,8 @@ error's message when one fails:
    executable file that no one else can replace, in a root-owned directory,
    so what every wrapped container runs as /nono/nono is what the node
    administrator installed.
+3. `check_verify_hook()`, when `verify_hook` is on: the createContainer
+   hook script `<host_dir>/kubefence-verify` passes the same file checks.
 """
 
 import ctypes
@@ -19,6 +21,8 @@ import os
 import platform
 import stat
 import struct
+
+from kubefence.common import contracts
 
 # landlock_create_ruleset has number 444 on every architecture that uses
 # the unified syscall table (Linux 5.13 and later), x86_64 and aarch64 included.
@@ -35,6 +39,7 @@ _LANDLOCK_CREATE_RULESET = {
 LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
 
 NONO_BINARY_NAME = "nono"
+VERIFY_HOOK_NAME = contracts.VERIFY_HOOK_NAME
 
 
 class LandlockUnavailableError(RuntimeError):
@@ -139,20 +144,39 @@ def check_nono_binary(host_dir: str, *, owner_uid: int = 0) -> str:
     _check_ancestors(host_dir, owner_uid)
 
     path = os.path.join(host_dir, NONO_BINARY_NAME)
+    _check_trusted_file(path, "the nono binary", owner_uid)
+    return path
+
+
+def _check_trusted_file(path: str, label: str, owner_uid: int) -> None:
+    """Check that `path` is a regular executable file that only `owner_uid` can change."""
     try:
-        binary = os.lstat(path)
+        info = os.lstat(path)
     except FileNotFoundError:
-        raise NonoBinaryError(path, "the nono binary does not exist; run node setup first") from None
-    if stat.S_ISLNK(binary.st_mode):
-        raise NonoBinaryError(path, "the nono binary is a symlink; install the binary itself")
-    if not stat.S_ISREG(binary.st_mode):
-        raise NonoBinaryError(path, "the nono binary is not a regular file")
-    mode = stat.S_IMODE(binary.st_mode)
+        raise NonoBinaryError(path, f"{label} does not exist; run node setup first") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise NonoBinaryError(path, f"{label} is a symlink; install the file itself")
+    if not stat.S_ISREG(info.st_mode):
+        raise NonoBinaryError(path, f"{label} is not a regular file")
+    mode = stat.S_IMODE(info.st_mode)
     if mode & 0o555 != 0o555:
         raise NonoBinaryError(
-            path, f"the nono binary has mode {mode:04o}; it must be readable and executable by everyone (0755)"
+            path, f"{label} has mode {mode:04o}; it must be readable and executable by everyone (0755)"
         )
-    _check_not_writable_by_others(path, binary, "the nono binary", owner_uid)
+    _check_not_writable_by_others(path, info, label, owner_uid)
+
+
+def check_verify_hook(host_dir: str, *, owner_uid: int = 0) -> str:
+    """Check the createContainer hook script in `host_dir` like the nono binary; return its path.
+
+    The runtime runs the script as root on every wrapped create, so it gets
+    the same rules: the host directory as in `check_nono_binary`, and a
+    regular, root-owned file (not a symlink) that group and others cannot
+    write. Raises NonoBinaryError naming the path and the problem.
+    """
+    check_nono_binary(host_dir, owner_uid=owner_uid)
+    path = os.path.join(host_dir, VERIFY_HOOK_NAME)
+    _check_trusted_file(path, "the verify hook script", owner_uid)
     return path
 
 

@@ -6,7 +6,9 @@ exit status 2 and a message that names the problem:
 1. Landlock is available (probed with the landlock syscall);
 2. the configuration file and flags are valid;
 3. the nono binary in `nono_host_dir` is a regular, executable file and
-   not a symbolic link.
+   not a symbolic link;
+4. with `verify_hook` on, the hook script `kubefence-verify` in
+   `nono_host_dir` passes the same checks.
 
 A state directory that cannot be created or a metrics address that cannot
 be bound also stops start-up with exit status 2.
@@ -75,6 +77,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"kubefence nri: {error}", file=sys.stderr)
         return EXIT_STARTUP_FAILED
     _warn_if_dynamic(log, os.path.join(config.nono_host_dir, "nono"))
+
+    # 4. The createContainer hook script, when the plugin adds it to containers.
+    if config.verify_hook:
+        try:
+            checks.check_verify_hook(config.nono_host_dir)
+        except (checks.NonoBinaryError, OSError) as error:
+            log.error("start-up check failed", check="verify_hook", error=str(error))
+            print(f"kubefence nri: {error}", file=sys.stderr)
+            return EXIT_STARTUP_FAILED
 
     log.info("effective configuration", landlock_abi=abi, **_config_fields(config))
     try:

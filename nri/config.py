@@ -75,6 +75,13 @@ class PluginConfig:
     # Subscribe to ValidateContainerAdjustment (NRI v0.10 and later) and
     # reject a create whose final adjustment undoes the wrapping.
     validator: bool = True
+    # Add the OCI createContainer hook `<nono_host_dir>/kubefence-verify` to
+    # wrapped containers. Before pivot_root it checks that /nono in the
+    # container is the trusted directory, which an image with a /nono
+    # symlink and a pod volume at the link's target would otherwise replace.
+    # Off by default because only `kubefence node-setup` installs the script,
+    # and a hook whose file is missing fails every wrapped create.
+    verify_hook: bool = False
     # host:port of the HTTP listener for Prometheus metrics.
     metrics_address: str = "0.0.0.0:9090"
     # Minimum level of the JSON log lines: debug, info, warning or error.
@@ -114,6 +121,7 @@ _KEY_TYPES = {
     "state_dir": str,
     "seccomp_profile": str,
     "validator": bool,
+    "verify_hook": bool,
     "metrics_address": str,
     "log_level": str,
 }
@@ -221,6 +229,11 @@ def _check_validator(config: PluginConfig) -> str:
     if not isinstance(config.validator, bool):
         return f"validator: expected true or false, got {config.validator!r}"
     return ""
+
+
+def verify_hook_path(config: PluginConfig) -> str:
+    """Return the host path of the createContainer hook script in `nono_host_dir`."""
+    return posixpath.join(config.nono_host_dir, contracts.VERIFY_HOOK_NAME)
 
 
 def _check_metrics_address(config: PluginConfig) -> str:
@@ -332,6 +345,8 @@ def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) ->
             raise ConfigError([f"cannot read configuration file {path!r}: {error.strerror}"]) from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError([f"invalid TOML: {error}"], source=path) from None
+        except UnicodeDecodeError as error:
+            raise ConfigError([f"not UTF-8 text (invalid byte at offset {error.start})"], source=path) from None
 
     problems: list[str] = []
     values: dict[str, Any] = {}
@@ -416,6 +431,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="subscribe to ValidateContainerAdjustment and reject creates that undo the wrapping (default: on)",
+    )
+    group.add_argument(
+        "--verify-hook",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add the createContainer hook NONO_HOST_DIR/kubefence-verify, which fails the create unless /nono "
+        "in the container is the trusted directory; needs the script from node-setup (default: off)",
     )
     group.add_argument(
         "--metrics-address",

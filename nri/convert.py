@@ -51,6 +51,14 @@ def mount_to_proto(mount: model.Mount) -> api_pb2.Mount:
     )
 
 
+def hook_from_proto(hook: api_pb2.Hook) -> model.Hook:
+    return model.Hook(path=hook.path, args=tuple(hook.args), env=tuple(hook.env))
+
+
+def hook_to_proto(hook: model.Hook) -> api_pb2.Hook:
+    return api_pb2.Hook(path=hook.path, args=list(hook.args), env=list(hook.env))
+
+
 def container_from_proto(container: api_pb2.Container) -> model.Container:
     return model.Container(
         id=container.id,
@@ -66,6 +74,7 @@ def container_from_proto(container: api_pb2.Container) -> model.Container:
             if container.HasField("linux") and container.linux.HasField("seccomp_policy")
             else None
         ),
+        hooks=tuple(hook_from_proto(hook) for hook in container.hooks.create_container),
     )
 
 
@@ -82,6 +91,8 @@ def container_to_proto(container: model.Container) -> api_pb2.Container:
     )
     if container.seccomp_policy is not None:
         message.linux.seccomp_policy.CopyFrom(seccomp_to_proto(container.seccomp_policy))
+    for hook in container.hooks:
+        message.hooks.create_container.append(hook_to_proto(hook))
     return message
 
 
@@ -95,6 +106,8 @@ def adjustment_to_proto(adjustment: model.Adjustment) -> api_pb2.ContainerAdjust
         message.mounts.append(mount_to_proto(mount))
     if adjustment.seccomp is not None:
         message.linux.seccomp_policy.CopyFrom(seccomp_to_proto(adjustment.seccomp))
+    for hook in adjustment.hooks:
+        message.hooks.create_container.append(hook_to_proto(hook))
     return message
 
 
@@ -107,6 +120,7 @@ def adjustment_from_proto(adjustment: api_pb2.ContainerAdjustment) -> model.Adju
         env=tuple((entry.key, entry.value) for entry in adjustment.env),
         mounts=tuple(mount_from_proto(mount) for mount in adjustment.mounts),
         seccomp=seccomp,
+        hooks=tuple(hook_from_proto(hook) for hook in adjustment.hooks.create_container),
     )
 
 

@@ -26,10 +26,10 @@ from collections.abc import Iterable
 from kubefence.common.contracts import NONO_BINARY_PATH, NONO_MOUNT_PATH, PROFILE_ANNOTATION, wrapper_prefix
 from kubefence.common.profiles import InvalidProfileError, validate_profile
 from kubefence.nri import seccomp
-from kubefence.nri.config import PluginConfig
+from kubefence.nri.config import PluginConfig, verify_hook_path
 from kubefence.nri.environment import env_adjustment, env_problems, pinned_env_problems
 from kubefence.nri.generator import apply_adjustment
-from kubefence.nri.model import Adjustment, Container, Decision, Finding, Pod
+from kubefence.nri.model import Adjustment, Container, Decision, Finding, Hook, Pod
 from kubefence.nri.mounts import check_nono_mounts, nono_mount_adjustment
 
 # NRI ContainerState value of a container that has exited.
@@ -119,6 +119,20 @@ def _check_args(args: tuple[str, ...], profile: str) -> tuple[bool, str]:
     return True, ""
 
 
+def verify_hook(config: PluginConfig) -> Hook:
+    """Return the createContainer hook that checks /nono, with the host directory as its argument."""
+    path = verify_hook_path(config)
+    return Hook(path=path, args=(path, config.nono_host_dir))
+
+
+def _hook_adjustment(container: Container, config: PluginConfig) -> tuple[Hook, ...]:
+    """Return the verify hook when it is on and the container does not carry it yet."""
+    if not config.verify_hook:
+        return ()
+    hook = verify_hook(config)
+    return () if hook in container.hooks else (hook,)
+
+
 def decide_create(pod: Pod, container: Container, config: PluginConfig) -> Decision:
     """Decide what CreateContainer returns for `container` of `pod`.
 
@@ -128,7 +142,9 @@ def decide_create(pod: Pod, container: Container, config: PluginConfig) -> Decis
     an earlier plugin's claim on args does not fail the create. A container
     that already carries everything (because a second plugin instance gets
     the first one's changes in its request) gets an empty adjustment, so
-    two instances never conflict and never wrap twice.
+    two instances never conflict and never wrap twice. With `verify_hook`
+    on, the adjustment also appends the createContainer hook that checks
+    /nono (see `verify_hook`), unless the request already carries it.
     """
     if not is_opted_in(pod, config):
         return _skip_not_opted_in(pod, config)
@@ -150,6 +166,7 @@ def decide_create(pod: Pod, container: Container, config: PluginConfig) -> Decis
         env=env_adjustment(container.env, profile),
         mounts=nono_mount_adjustment(mount_check, config.nono_host_dir),
         seccomp=seccomp.seccomp_adjustment(config.seccomp_profile, container.seccomp_policy),
+        hooks=_hook_adjustment(container, config),
     )
     if adjustment.is_empty():
         reason = f"already wrapped with profile {profile!r}, trusted read-only {NONO_MOUNT_PATH} and pinned env"

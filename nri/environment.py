@@ -33,6 +33,8 @@ only, and environment names are case-sensitive.
 
 from collections.abc import Iterable
 
+from kubefence.common.environment import PROFILE_ENV, env_name_problems
+
 # Home directory of wrapped workloads: inside the read-only /nono mount.
 # NOTE: the host directory does not normally contain `home`, so the
 # workload gets a HOME that does not exist and cannot be created.
@@ -45,12 +47,6 @@ PINNED_ENV = (
     ("XDG_CONFIG_HOME", NONO_HOME + "/.config"),
 )
 
-PROFILE_ENV = "NONO_PROFILE"
-NONO_ENV_PREFIX = "NONO_"
-# Read by the glibc dynamic loader before nono's main() runs.
-LOADER_ENV_PREFIX = "LD_"
-LOADER_ENV_NAMES = ("GLIBC_TUNABLES",)
-
 
 def env_key(entry: str) -> str:
     """Return the name of an OCI env entry `KEY=VALUE` (the whole entry when it has no '=')."""
@@ -62,31 +58,9 @@ def pinned_env(profile: str) -> tuple[tuple[str, str], ...]:
     return ((PROFILE_ENV, profile), *PINNED_ENV)
 
 
-def _is_forbidden(key: str) -> bool:
-    if key.startswith(NONO_ENV_PREFIX) and key != PROFILE_ENV:
-        return True
-    return key.startswith(LOADER_ENV_PREFIX) or key in LOADER_ENV_NAMES
-
-
 def env_problems(env: Iterable[str]) -> list[str]:
     """List why `env` cannot be made safe by an adjustment; empty when it can."""
-    keys = [env_key(entry) for entry in env]
-    problems = []
-    forbidden = sorted({key for key in keys if _is_forbidden(key)})
-    if forbidden:
-        problems.append(
-            f"environment variables not allowed in a nono-wrapped container: {', '.join(forbidden)} "
-            "(nono reads NONO_* as flag defaults, and the dynamic loader reads LD_* and GLIBC_TUNABLES "
-            "inside nono before the sandbox applies)"
-        )
-    pinned_names = [name for name, _ in pinned_env("")]
-    duplicated = [name for name in pinned_names if keys.count(name) > 1]
-    if duplicated:
-        problems.append(
-            f"environment variables set more than once: {', '.join(duplicated)} "
-            "(the plugin pins them, and the runtime lets a later duplicate override the pinned value)"
-        )
-    return problems
+    return env_name_problems(env_key(entry) for entry in env)
 
 
 def env_adjustment(env: Iterable[str], profile: str) -> tuple[tuple[str, str], ...]:

@@ -20,6 +20,8 @@ containerd 2.2 vendors): the merge of all plugins' replies
   sorted by the number of '/' in the cleaned destination, then by
   destination.
 * Seccomp: a policy replaces the container's policy.
+* Hooks: adjusted hooks are appended to the container's hooks of the same
+  kind, after the hooks already there.
 """
 
 import dataclasses
@@ -117,4 +119,5 @@ def apply_adjustment(container: Container, adjustment: Adjustment | None) -> Con
         env=apply_env(container.env, adjustment.env),
         mounts=apply_mounts(container.mounts, adjustment.mounts),
         seccomp_policy=adjustment.seccomp if adjustment.seccomp is not None else container.seccomp_policy,
+        hooks=container.hooks + adjustment.hooks,
     )

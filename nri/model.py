@@ -26,6 +26,15 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class Hook:
+    """An OCI lifecycle hook: the executable's host path, its argv and env."""
+
+    path: str
+    args: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Pod:
     """The pod sandbox of a container. Stop events for a gone sandbox carry only `id`."""
 
@@ -56,6 +65,9 @@ class Container:
     # syscalls with names, action, errnoRet and args), or None when the
     # container runs without seccomp.
     seccomp_policy: Mapping | None = None
+    # The OCI createContainer hooks in the container's spec, in order. Other
+    # hook kinds are not carried over.
+    hooks: tuple[Hook, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,9 +84,13 @@ class Adjustment:
     # OCI LinuxSeccomp as a JSON-shaped dict (defaultAction, architectures,
     # syscalls), or None to leave seccomp alone.
     seccomp: Mapping | None = None
+    # OCI createContainer hooks to append after the container's own.
+    hooks: tuple[Hook, ...] = ()
 
     def is_empty(self) -> bool:
-        return self.args is None and not self.env and not self.mounts and self.seccomp is None
+        return (
+            self.args is None and not self.env and not self.mounts and self.seccomp is None and not self.hooks
+        )
 
 
 @dataclass(frozen=True)

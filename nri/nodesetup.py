@@ -5,7 +5,9 @@ Two jobs, both idempotent, run by the node-setup DaemonSet as root:
 1. Install the nono binary into the trusted host directory
    (`/opt/nono-nri`): root-owned, mode 0755 for the directory and the file,
    copied atomically (temporary file plus rename in the same directory), and
-   checked against a SHA-256 digest when one is given.
+   checked against a SHA-256 digest when one is given. The OCI
+   createContainer hook script `kubefence-verify` goes next to it, with
+   the same owner and mode (the plugin adds it when `verify_hook` is on).
 2. Edit containerd's TOML configuration so that NRI and, on containerd 2.2+,
    its default validator are enabled (see `containerd_config`). A changed
    file is first copied to a timestamped backup next to it.
@@ -35,6 +37,7 @@ import os
 import stat
 import sys
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,8 @@ DEFAULT_CONTAINERD_ADDRESS = "/run/containerd/containerd.sock"
 DEFAULT_NONO_SOURCE = "/usr/local/libexec/kubefence/nono"
 BINARY_NAME = "nono"
 BINARY_MODE = 0o755
+# Package data file that node-setup installs as <host_dir>/kubefence-verify.
+VERIFY_HOOK_SOURCE = "verify_nono.sh"
 BACKUP_SUFFIX = ".kubefence-backup-"
 
 _VERSION_METHOD = "/containerd.services.version.v1.Version/Version"
@@ -93,7 +98,12 @@ def register(subparsers) -> None:
         default="",
         help="expected SHA-256 of the nono binary as 64 hex digits; installation fails on a mismatch",
     )
-    binary.add_argument("--no-binary", action="store_true", help="skip installing the nono binary")
+    binary.add_argument(
+        "--no-binary",
+        action=_SkipStep,
+        other="no_containerd_config",
+        help="skip installing the nono binary and the kubefence-verify hook script",
+    )
 
     containerd = parser.add_argument_group("containerd")
     containerd.add_argument(
@@ -124,7 +134,9 @@ def register(subparsers) -> None:
             "of the runc runtime (repeatable; for runc-based RuntimeClasses such as nono-runc)"
         ),
     )
-    containerd.add_argument("--no-containerd-config", action="store_true", help="leave containerd's configuration alone")
+    containerd.add_argument(
+        "--no-containerd-config", action=_SkipStep, other="no_binary", help="leave containerd's configuration alone"
+    )
 
     parser.add_argument(
         "--dry-run",
@@ -135,6 +147,19 @@ def register(subparsers) -> None:
         ),
     )
     parser.set_defaults(func=run)
+
+
+class _SkipStep(argparse.Action):
+    """A flag that skips one of the two steps; giving both flags is an argument error, as nothing would run."""
+
+    def __init__(self, option_strings, dest, other: str, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+        self.other = other
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.other, False):
+            parser.error("--no-binary and --no-containerd-config together skip every step; give at most one")
+        setattr(namespace, self.dest, True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,12 +184,17 @@ def run(args: argparse.Namespace) -> int:
             report["binary"] = {"path": binary.path, "sha256": binary.sha256, "changes": list(binary.changes)}
             report["changed"] |= bool(binary.changes)
             log.info("nono binary checked", path=binary.path, sha256=binary.sha256, changes=list(binary.changes))
+            hook = install_verify_hook(Path(args.host_dir), args.dry_run)
+            report["verify_hook"] = {"path": hook.path, "sha256": hook.sha256, "changes": list(hook.changes)}
+            report["changed"] |= bool(hook.changes)
+            log.info("verify hook checked", path=hook.path, sha256=hook.sha256, changes=list(hook.changes))
         if containerd is not None:
             if containerd.edit.changed and not args.dry_run:
                 containerd.report["backup"] = _backup_and_write(containerd.path, containerd.old_text, containerd.edit.text)
             if args.dry_run:
                 report["diff"] = containerd.diff
                 sys.stderr.write(containerd.diff)
+            report["warnings"].extend(containerd.warnings)
             report["warnings"].extend(containerd.edit.warnings)
             report["containerd"] = containerd.report
             report["changed"] |= containerd.edit.changed
@@ -214,18 +244,39 @@ def install_binary(source: Path, host_dir: Path, expected_sha256: str = "", dry_
 
     # Step 2: the binary, replaced only when its content, owner or mode differ.
     target = host_dir / BINARY_NAME
+    changes += _install_file(target, data, "nono", dry_run)
+    return BinaryResult(path=str(target), sha256=digest, changes=tuple(changes))
+
+
+def install_verify_hook(host_dir: Path, dry_run: bool = False) -> BinaryResult:
+    """Copy the packaged hook script to `host_dir/kubefence-verify`, root-owned with mode 0755.
+
+    The NRI plugin adds the script as an OCI createContainer hook when its
+    `verify_hook` setting is on. `host_dir` is created or repaired as for
+    the nono binary.
+    """
+    data = resources.files("kubefence.nri").joinpath(VERIFY_HOOK_SOURCE).read_bytes()
+    changes = _ensure_directory(host_dir, dry_run)
+    target = host_dir / contracts.VERIFY_HOOK_NAME
+    changes += _install_file(target, data, "verify hook", dry_run)
+    return BinaryResult(path=str(target), sha256=hashlib.sha256(data).hexdigest(), changes=tuple(changes))
+
+
+def _install_file(target: Path, data: bytes, label: str, dry_run: bool) -> list[str]:
+    """Write `data` to `target` as root:root 0755 unless an identical file is there; list the changes."""
+    digest = hashlib.sha256(data).hexdigest()
     current = _lstat(target)
     if current is not None and not stat.S_ISREG(current.st_mode):
         raise NodeSetupError(f"{str(target)!r} exists and is not a regular file; remove it and run again")
     if current is None or _sha256_of(target) != digest:
-        changes.append(f"{target}: installed nono {digest[:12]}")
         if not dry_run:
             _atomic_write(target, data, BINARY_MODE)
-    elif current.st_uid != 0 or current.st_gid != 0 or stat.S_IMODE(current.st_mode) != BINARY_MODE:
-        changes.append(f"{target}: owner and mode set to root:root {BINARY_MODE:04o}")
+        return [f"{target}: installed {label} {digest[:12]}"]
+    if current.st_uid != 0 or current.st_gid != 0 or stat.S_IMODE(current.st_mode) != BINARY_MODE:
         if not dry_run:
             _set_owner_and_mode(target, BINARY_MODE)
-    return BinaryResult(path=str(target), sha256=digest, changes=tuple(changes))
+        return [f"{target}: owner and mode set to root:root {BINARY_MODE:04o}"]
+    return []
 
 
 def _ensure_directory(path: Path, dry_run: bool) -> list[str]:
@@ -318,6 +369,8 @@ class ContainerdPlan:
     edit: Any  # containerd_config.ConfigEdit
     diff: str
     report: dict[str, Any]
+    # Problems that did not stop the plan, such as a version taken from the file.
+    warnings: tuple[str, ...] = ()
 
 
 def plan_containerd(
@@ -331,12 +384,16 @@ def plan_containerd(
         # A symlink could point outside the mounted configuration directory.
         raise NodeSetupError(f"containerd config {str(config)!r} is not a regular file (symlinks are rejected)")
     try:
-        text = config.read_text() if current is not None else ""
+        text = config.read_text(encoding="utf-8") if current is not None else ""
     except OSError as error:
         raise NodeSetupError(f"cannot read containerd config {str(config)!r}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise NodeSetupError(
+            f"containerd config {str(config)!r} is not UTF-8 text (invalid byte at offset {error.start})"
+        ) from None
 
     try:
-        version, source = _resolve_version(version_option, address, text)
+        version, source, version_warning = _resolve_version(version_option, address, text)
         edit = edit_config(text, version, runtime_handlers)
     except ContainerdConfigError as error:
         raise NodeSetupError(f"{config}: {error}") from None
@@ -358,22 +415,27 @@ def plan_containerd(
         "required_plugins_enforced": edit.required_plugins_enforced,
         "nri_socket_path": edit.nri_socket_path,
     }
-    return ContainerdPlan(path=config, old_text=text, edit=edit, diff=diff, report=report)
+    warnings = (version_warning,) if version_warning else ()
+    return ContainerdPlan(path=config, old_text=text, edit=edit, diff=diff, report=report, warnings=warnings)
 
 
 def _resolve_version(option: str, address: str, text: str):
-    """Return (ContainerdVersion, how it was found)."""
+    """Return (ContainerdVersion, how it was found, a warning or None)."""
     from kubefence.nri.containerd_config import ContainerdVersion, infer_version
 
     if option != "auto":
-        return ContainerdVersion.parse(option), "option"
+        return ContainerdVersion.parse(option), "option", None
     try:
-        return ContainerdVersion.parse(query_containerd_version(address)), "containerd"
+        return ContainerdVersion.parse(query_containerd_version(address)), "containerd", None
     except (OSError, ValueError) as error:
         socket_problem = str(error)
     inferred = infer_version(text)
     if inferred is not None:
-        return inferred, "config"
+        warning = (
+            f"asking containerd at {address!r} for its version failed ({socket_problem}); using {inferred}, "
+            "the oldest release the config file can come from; pass --containerd-version to give the exact release"
+        )
+        return inferred, "config", warning
     raise NodeSetupError(
         f"cannot tell the containerd version: asking containerd at {address!r} failed ({socket_problem}) "
         "and the config file does not show it; pass --containerd-version"

@@ -747,6 +747,7 @@ class _Merge:
         self.env: list[tuple[str, str]] = []
         self.mounts: list[model.Mount] = []
         self.seccomp: Any = None
+        self.hooks: list[model.Hook] = []
         self.args_owner = ""
         self.env_owners: dict[str, str] = {}
         self.mount_owners: dict[str, str] = {}
@@ -760,6 +761,10 @@ class _Merge:
             if self.seccomp_owner and self.seccomp_owner != plugin:
                 raise MergeConflict(f'plugins "{plugin}" and "{self.seccomp_owner}" both tried to set seccomp policy')
             self.seccomp, self.seccomp_owner = adjustment.seccomp, plugin
+        # Hooks have no owner: every plugin's hooks are appended in plugin order.
+        if adjustment.hooks:
+            self.hooks.extend(adjustment.hooks)
+            self.view = replace(self.view, hooks=self.view.hooks + adjustment.hooks)
 
     def _apply_args(self, args: tuple[str, ...] | None, plugin: str) -> None:
         if not args:
@@ -817,7 +822,8 @@ class _Merge:
 
     def adjustment(self) -> model.Adjustment:
         return model.Adjustment(
-            args=self.args, env=tuple(self.env), mounts=tuple(self.mounts), seccomp=self.seccomp
+            args=self.args, env=tuple(self.env), mounts=tuple(self.mounts), seccomp=self.seccomp,
+            hooks=tuple(self.hooks),
         )
 
 
@@ -833,7 +839,8 @@ def apply_like_generator(container: model.Container, adjustment: model.Adjustmen
     * mounts: a "-/path" marker removes mounts whose destination is exactly
       "/path"; an added mount replaces mounts with exactly its destination;
       the list is then sorted, stably, by the number of "/" in the cleaned
-      destination.
+      destination;
+    * hooks: appended after the container's own createContainer hooks.
     """
     args = container.args
     if adjustment.args:
@@ -849,7 +856,7 @@ def apply_like_generator(container: model.Container, adjustment: model.Adjustmen
             mounts = [m for m in mounts if m.destination != mount.destination]
             mounts.append(mount)
         mounts.sort(key=lambda m: posixpath.normpath(m.destination).count("/"))
-    return replace(container, args=args, env=env, mounts=tuple(mounts))
+    return replace(container, args=args, env=env, mounts=tuple(mounts), hooks=container.hooks + adjustment.hooks)
 
 
 def _generate_env(env: tuple[str, ...], adjusted: tuple[tuple[str, str], ...]) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ import time
 import orjson
 from fastapi import FastAPI
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException
 
 from kubefence.common.logs import decision_fields, get_logger
 from kubefence.webhook.errors import PayloadTooLargeError, ReviewError
@@ -168,6 +169,18 @@ def create_app(state: WebhookState, max_body_bytes: int = MAX_BODY_BYTES) -> Web
     """Build the ASGI app that serves `state`."""
     app = FastAPI(title="kubefence webhook", **_fastapi_options())
     metrics = state.metrics
+
+    # Errors of the other endpoints are plain text like those of /mutate,
+    # not FastAPI's JSON {"detail": ...}.
+    @app.exception_handler(HTTPException)
+    async def http_error(request, error: HTTPException) -> Response:
+        if error.status_code == 404:
+            message = f"not found: {request.url.path}; endpoints: POST {MUTATE_PATH}, GET /healthz, /readyz, /metrics"
+        else:
+            message = str(error.detail).lower()
+        response = _text(message, error.status_code)
+        response.headers.update(error.headers or {})
+        return response
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -8,6 +8,8 @@ import argparse
 import os
 import sys
 
+from kubefence.common.settings import positive_seconds
+
 # Exit codes of `kubefence review`.
 EXIT_ALLOWED = 0
 EXIT_DENIED = 1
@@ -35,14 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     serve.add_argument(
         "--policy-interval",
-        type=float,
+        type=positive_seconds,
         default=2.0,
         metavar="SECONDS",
         help="seconds between two reads of the policy file (default: %(default)s)",
     )
     serve.add_argument(
         "--certificate-interval",
-        type=float,
+        type=positive_seconds,
         default=10.0,
         metavar="SECONDS",
         help=(
@@ -66,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "review",
         help="run the admission decision on a manifest, offline",
         description=(
-            "Print the admission decision, the JSON Patch and the patched pod for each object in FILE "
+            "Print the admission decision, the JSON Patch and the patched pod for each object in POD.yaml "
             "('-' reads standard input). A Pod is reviewed as it is; for a workload (Deployment, Job, "
             "CronJob, ...) the pod its controller creates from the template is reviewed. "
             "Exit status: 0 allowed, 1 denied, 2 invalid input."
@@ -105,7 +107,7 @@ def run_webhook(args: argparse.Namespace) -> int:
 
     from kubefence.common.logs import configure_logging, get_logger
     from kubefence.common.settings import ConfigError
-    from kubefence.webhook.server import ServeSettings, run
+    from kubefence.webhook.server import ServeSettings, StartupError, run
 
     configure_logging(args.log_level or os.environ.get("KUBEFENCE_LOG_LEVEL") or "info")
     log = get_logger("kubefence.webhook")
@@ -127,6 +129,9 @@ def run_webhook(args: argparse.Namespace) -> int:
     except ConfigError as error:
         log.error("invalid policy; not starting", error=str(error))
         return EXIT_BAD_INPUT
+    except StartupError as error:
+        log.error("cannot start the webhook", error=str(error))
+        return EXIT_BAD_INPUT
     except (OSError, ssl.SSLError) as error:
         log.error("cannot start the webhook", error=str(error), filename=getattr(error, "filename", None) or "")
         return EXIT_BAD_INPUT
@@ -137,21 +142,28 @@ def run_review(args: argparse.Namespace) -> int:
     import orjson
     import yaml
 
-    from kubefence.common.policy import DEFAULT_POLICY, load_policy
+    from kubefence.common.policy import DEFAULT_POLICY, load_policy, yaml_error_message
     from kubefence.common.settings import ConfigError
     from kubefence.webhook.errors import ReviewError
     from kubefence.webhook.offline import ManifestError, review_documents, review_report
 
-    try:
-        policy = DEFAULT_POLICY
-        if args.policy:
+    policy = DEFAULT_POLICY
+    if args.policy:
+        try:
             with open(args.policy, "rb") as stream:
                 policy = load_policy(stream.read(), args.policy)
+        except OSError as error:
+            return _error("review", f"cannot read policy {error.filename!r}: {error.strerror}")
+        except ConfigError as error:
+            return _error("review", str(error))
+
+    try:
         if args.file == "-":
-            text = sys.stdin.read()
+            content = sys.stdin.buffer.read()
         else:
-            with open(args.file, encoding="utf-8") as stream:
-                text = stream.read()
+            with open(args.file, "rb") as stream:
+                content = stream.read()
+        text = content.decode("utf-8")
         documents = list(yaml.safe_load_all(text))
         reviews = review_documents(
             documents,
@@ -162,12 +174,11 @@ def run_review(args: argparse.Namespace) -> int:
         )
     except OSError as error:
         return _error("review", f"cannot read {error.filename!r}: {error.strerror}")
+    except UnicodeDecodeError as error:
+        return _error("review", f"{args.file}: not UTF-8 text (invalid byte at offset {error.start})")
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        return _error("review", f"{args.file}: invalid YAML{where}: {problem}")
-    except (ConfigError, ManifestError, ReviewError) as error:
+        return _error("review", f"{args.file}: {yaml_error_message(error)}")
+    except (ManifestError, ReviewError) as error:
         return _error("review", f"{args.file}: {error}")
 
     reports = [review_report(review) for review in reviews]

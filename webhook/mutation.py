@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from kubefence.common import contracts
+from kubefence.common.environment import env_name_problems
 from kubefence.common.policy import HostPathSource, ImageSource, Policy
 from kubefence.common.profiles import InvalidProfileError, validate_profile
 from kubefence.webhook.errors import ReviewError
@@ -41,6 +42,13 @@ ADMISSION_API_VERSION = "admission.k8s.io/v1"
 
 # The pod container lists, in the order their mounts are patched.
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
+
+# Upper bounds of the webhook's own on the pod lists that the decision walks
+# and patches. Kubernetes sets no such limits; these keep one review from
+# building a patch of many megabytes, and are far above what real pods use.
+MAX_CONTAINERS_PER_LIST = 1000
+MAX_VOLUMES = 1000
+MAX_MOUNTS_PER_CONTAINER = 1000
 
 
 class Reason(StrEnum):
@@ -69,6 +77,9 @@ class Reason(StrEnum):
     TRUSTED_SOURCE_MISUSE = "trusted-source-misuse"
     EPHEMERAL_CONTAINERS_REJECTED = "ephemeral-containers-rejected"
     MISSING_NONO_VOLUME = "missing-nono-volume"
+    INVALID_CONTAINER_NAME = "invalid-container-name"
+    TOO_MANY_ITEMS = "too-many-items"
+    FORBIDDEN_ENVIRONMENT = "forbidden-environment"
 
 
 @dataclass(frozen=True)
@@ -114,7 +125,7 @@ def _mapping(value: Any, where: str, *, required: bool = False) -> Mapping[str, 
     if value is None and not required:
         return {}
     if not isinstance(value, Mapping):
-        raise ReviewError(f"invalid {where}: expected an object, got {_short(value)}")
+        raise ReviewError(f"invalid {where}: expected an object, got {short_repr(value)}")
     return value
 
 
@@ -122,7 +133,7 @@ def _list(value: Any, where: str) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise ReviewError(f"invalid {where}: expected a list, got {_short(value)}")
+        raise ReviewError(f"invalid {where}: expected a list, got {short_repr(value)}")
     return value
 
 
@@ -130,11 +141,12 @@ def _string(value: Any, where: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise ReviewError(f"invalid {where}: expected a string, got {_short(value)}")
+        raise ReviewError(f"invalid {where}: expected a string, got {short_repr(value)}")
     return value
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
+    """Return repr(value), cut to 80 characters for error messages."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -211,6 +223,18 @@ class _PodView:
     spec: Mapping[str, Any]
     volumes: list[Any] | None
     containers: dict[str, list[Any] | None]
+    # The first structural rule the pod breaks (a list above its limit, a
+    # container without a name). Opted-in pods are denied with it before any
+    # other rule runs, and the other fields of an offending list are unchecked.
+    problem: _Denied | None = None
+
+
+def _too_many(where: str, count: int, limit: int) -> _Denied:
+    return _Denied(
+        Reason.TOO_MANY_ITEMS,
+        f"{where} has {count} entries, above the kubefence webhook's limit of {limit} "
+        f"(a limit of this webhook, not of Kubernetes)",
+    )
 
 
 def _read_pod(pod: Mapping[str, Any]) -> _PodView:
@@ -219,27 +243,59 @@ def _read_pod(pod: Mapping[str, Any]) -> _PodView:
     if annotations is not None:
         annotations = _mapping(annotations, "object.metadata.annotations")
     spec = _mapping(pod.get("spec"), "object.spec")
+    problems: list[_Denied] = []
     volumes = spec.get("volumes")
     if volumes is not None:
         volumes = _list(volumes, "object.spec.volumes")
-        for index, volume in enumerate(volumes):
-            _mapping(volume, f"object.spec.volumes[{index}]", required=True)
+        if len(volumes) > MAX_VOLUMES:
+            problems.append(_too_many("object.spec.volumes", len(volumes), MAX_VOLUMES))
+        else:
+            for index, volume in enumerate(volumes):
+                _mapping(volume, f"object.spec.volumes[{index}]", required=True)
+                _string(volume.get("name"), f"object.spec.volumes[{index}].name")
     containers: dict[str, list[Any] | None] = {}
     for key in CONTAINER_LISTS:
         items = spec.get(key)
-        if items is not None:
-            items = _list(items, f"object.spec.{key}")
-            for index, container in enumerate(items):
-                where = f"object.spec.{key}[{index}]"
-                _mapping(container, where, required=True)
-                for mounts_key, path_key in (("volumeMounts", "mountPath"), ("volumeDevices", "devicePath")):
-                    for number, mount in enumerate(_list(container.get(mounts_key), f"{where}.{mounts_key}")):
-                        at = f"{where}.{mounts_key}[{number}]"
-                        _mapping(mount, at, required=True)
-                        _string(mount.get("name"), f"{at}.name")
-                        _string(mount.get(path_key), f"{at}.{path_key}")
-        containers[key] = items
-    return _PodView(pod.get("metadata") is not None, metadata, annotations, spec, volumes, containers)
+        containers[key] = None
+        if items is None:
+            continue
+        items = containers[key] = _list(items, f"object.spec.{key}")
+        if len(items) > MAX_CONTAINERS_PER_LIST:
+            problems.append(_too_many(f"object.spec.{key}", len(items), MAX_CONTAINERS_PER_LIST))
+            continue
+        for index, container in enumerate(items):
+            problem = _read_container(container, f"object.spec.{key}[{index}]")
+            if problem is not None:
+                problems.append(problem)
+    return _PodView(
+        pod.get("metadata") is not None, metadata, annotations, spec, volumes, containers,
+        problems[0] if problems else None,
+    )
+
+
+def _read_container(container: Any, where: str) -> _Denied | None:
+    """Type-check the fields of one container that the decision reads; return the structural rule it breaks."""
+    _mapping(container, where, required=True)
+    name = container.get("name")
+    if not isinstance(name, str) or not name:
+        return _Denied(
+            Reason.INVALID_CONTAINER_NAME,
+            f"{where}: invalid name {short_repr(name)}; expected a non-empty string",
+        )
+    for mounts_key, path_key in (("volumeMounts", "mountPath"), ("volumeDevices", "devicePath")):
+        mounts = _list(container.get(mounts_key), f"{where}.{mounts_key}")
+        if len(mounts) > MAX_MOUNTS_PER_CONTAINER:
+            return _too_many(f"{where}.{mounts_key}", len(mounts), MAX_MOUNTS_PER_CONTAINER)
+        for number, mount in enumerate(mounts):
+            at = f"{where}.{mounts_key}[{number}]"
+            _mapping(mount, at, required=True)
+            _string(mount.get("name"), f"{at}.name")
+            _string(mount.get(path_key), f"{at}.{path_key}")
+    for number, variable in enumerate(_list(container.get("env"), f"{where}.env")):
+        at = f"{where}.env[{number}]"
+        _mapping(variable, at, required=True)
+        _string(variable.get("name"), f"{at}.name")
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -328,6 +384,23 @@ def _check_container_mounts(pod: _PodView, trusted_names: set[str], lists: tuple
                     )
 
 
+def _check_container_env(pod: _PodView) -> None:
+    """Deny literal `env` names that the NRI plugin rejects on the node.
+
+    Only `env` is visible here: names that `envFrom` brings in from a
+    ConfigMap or Secret are checked by the plugin alone.
+    """
+    for key in CONTAINER_LISTS:
+        for container in pod.containers.get(key) or ():
+            names = [variable.get("name") or "" for variable in container.get("env") or ()]
+            problems = env_name_problems(names)
+            if problems:
+                raise _Denied(
+                    Reason.FORBIDDEN_ENVIRONMENT,
+                    f"{key} {container.get('name')!r}: {'; '.join(problems)}",
+                )
+
+
 def _check_kata_annotations(annotations: Mapping[str, Any]) -> None:
     keys = sorted(key for key in annotations if str(key).startswith(contracts.KATA_ANNOTATION_PREFIX))
     if keys:
@@ -350,7 +423,7 @@ def _required_plugins_value(annotations: Mapping[str, Any], plugin_name: str) ->
     if not isinstance(plugins, list) or not all(isinstance(item, str) for item in plugins):
         raise _Denied(
             Reason.INVALID_REQUIRED_PLUGINS,
-            f"annotation {contracts.REQUIRED_PLUGINS_ANNOTATION!r}: invalid value {_short(current)}; "
+            f"annotation {contracts.REQUIRED_PLUGINS_ANNOTATION!r}: invalid value {short_repr(current)}; "
             f"expected a JSON list of NRI plugin names such as {orjson.dumps([plugin_name]).decode()!r}",
         )
     if plugin_name in plugins:
@@ -483,6 +556,8 @@ def _decide_create(pod: _PodView, policy: Policy, namespace: str, pod_name: str,
             )
         runtime_class = policy.runtime_classes[0]
         ops.append({"op": "add", "path": "/spec/runtimeClassName", "value": runtime_class})
+    if pod.problem is not None:
+        return deny(pod.problem.reason, pod.problem.message)
 
     annotations = pod.annotations or {}
     try:
@@ -495,6 +570,7 @@ def _decide_create(pod: _PodView, policy: Policy, namespace: str, pod_name: str,
         trusted_names = _trusted_volume_names(pod, policy)
         trusted_names.add(contracts.NONO_VOLUME_NAME)
         _check_container_mounts(pod, trusted_names, CONTAINER_LISTS)
+        _check_container_env(pod)
     except _Denied as denied:
         return deny(denied.reason, denied.message)
 
@@ -581,18 +657,14 @@ def _decide_ephemeral(
     profile = profile if isinstance(profile, str) else ""
     common["profile"] = profile
 
-    old_pod = _mapping(request.get("oldObject"), "request.oldObject")
-    old_spec = _mapping(old_pod.get("spec"), "request.oldObject.spec")
-    old_names = {
-        container.get("name")
-        for container in _list(old_spec.get("ephemeralContainers"), "request.oldObject.spec.ephemeralContainers")
-        if isinstance(container, Mapping)
-    }
-    new_names = [container.get("name") for container in pod.containers.get("ephemeralContainers") or ()]
-    added = [name for name in new_names if name not in old_names]
-
     def deny(reason: Reason, message: str) -> AdmissionDecision:
         return AdmissionDecision(allowed=False, decision="reject", reason=reason, message=message, **common)
+
+    if pod.problem is not None:
+        return deny(pod.problem.reason, pod.problem.message)
+    old_names = _old_ephemeral_names(request)
+    new_names = [container.get("name") for container in pod.containers.get("ephemeralContainers") or ()]
+    added = [name for name in new_names if name not in old_names]
 
     if added and policy.ephemeral_containers == "reject":
         return deny(
@@ -605,6 +677,7 @@ def _decide_ephemeral(
         volume_name = _existing_trusted_volume(pod, policy)
         trusted_names.add(contracts.NONO_VOLUME_NAME)
         _check_container_mounts(pod, trusted_names, CONTAINER_LISTS)
+        _check_container_env(pod)
     except _Denied as denied:
         return deny(denied.reason, denied.message)
 
@@ -618,6 +691,17 @@ def _decide_ephemeral(
         )
     reason = Reason.EPHEMERAL_CONTAINERS if ops else Reason.ALREADY_INJECTED
     return AdmissionDecision(allowed=True, decision="inject", reason=reason, patch=ops, **common)
+
+
+def _old_ephemeral_names(request: Mapping[str, Any]) -> set[str]:
+    old_pod = _mapping(request.get("oldObject"), "request.oldObject")
+    old_spec = _mapping(old_pod.get("spec"), "request.oldObject.spec")
+    where = "request.oldObject.spec.ephemeralContainers"
+    names = set()
+    for index, container in enumerate(_list(old_spec.get("ephemeralContainers"), where)):
+        container = _mapping(container, f"{where}[{index}]", required=True)
+        names.add(_string(container.get("name"), f"{where}[{index}].name"))
+    return names
 
 
 # ---------------------------------------------------------------------------

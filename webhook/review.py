@@ -12,12 +12,14 @@ from typing import Any
 import orjson
 
 from kubefence.webhook.errors import ReviewError, UnsupportedMediaTypeError
-from kubefence.webhook.mutation import ADMISSION_API_VERSION
+from kubefence.webhook.mutation import ADMISSION_API_VERSION, short_repr
 
 
 def check_content_type(content_type: str | None) -> None:
     """Raise UnsupportedMediaTypeError unless `content_type` is application/json (parameters allowed)."""
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if content_type is None or not content_type.strip():
+        raise UnsupportedMediaTypeError("missing Content-Type; expected application/json")
+    media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         raise UnsupportedMediaTypeError(
             f"unsupported content type {content_type!r}; expected application/json"
@@ -40,9 +42,13 @@ def parse_review(body: bytes) -> tuple[str, Mapping[str, Any]]:
     if review.get("kind") != "AdmissionReview":
         raise ReviewError(f"invalid kind {review.get('kind')!r}; expected 'AdmissionReview'")
     request = review.get("request")
+    if request is None:
+        raise ReviewError("missing request; expected an object")
     if not isinstance(request, dict):
-        raise ReviewError("missing request: expected an object")
+        raise ReviewError(f"invalid request {short_repr(request)}; expected an object")
     uid = request.get("uid")
-    if not isinstance(uid, str) or not uid:
-        raise ReviewError(f"missing request.uid: expected a non-empty string, got {uid!r}")
+    if uid is None or uid == "":
+        raise ReviewError("missing request.uid; expected a non-empty string")
+    if not isinstance(uid, str):
+        raise ReviewError(f"invalid request.uid {short_repr(uid)}; expected a non-empty string")
     return uid, request

@@ -16,8 +16,10 @@ certificate:
 import asyncio
 import gc
 import ipaddress
+import math
 import os
 import signal
+import socket
 import ssl
 import tempfile
 import threading
@@ -75,12 +77,16 @@ class ServeSettings:
             )
         if not 0 <= self.port <= 65535:
             raise ValueError(f"invalid port {self.port!r}; expected 0 to 65535")
-        if self.policy_interval <= 0:
-            raise ValueError(f"invalid policy interval {self.policy_interval!r}; expected a positive number of seconds")
-        if self.certificate_interval <= 0:
+        if not math.isfinite(self.policy_interval) or self.policy_interval <= 0:
+            raise ValueError(f"invalid policy interval {self.policy_interval!r}; expected a positive finite number of seconds")
+        if not math.isfinite(self.certificate_interval) or self.certificate_interval <= 0:
             raise ValueError(
-                f"invalid certificate interval {self.certificate_interval!r}; expected a positive number of seconds"
+                f"invalid certificate interval {self.certificate_interval!r}; expected a positive finite number of seconds"
             )
+
+
+class StartupError(Exception):
+    """A start-up step failed; the message names the file or address and the reason, on one line."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,52 @@ class TlsFiles:
     key_file: str
     # The CA that signed a generated pair; None for files the user gave.
     ca_file: str | None = None
+
+
+def check_tls_files(cert_file: str, key_file: str) -> None:
+    """Raise StartupError naming the file when the serving pair cannot be read, is not PEM, or does not match.
+
+    An expired certificate passes: the pod then stays unready until the
+    reloader finds a valid pair.
+    """
+    contents = {}
+    for option, path in (("--tls-cert-file", cert_file), ("--tls-private-key-file", key_file)):
+        try:
+            contents[option] = Path(path).read_bytes()
+        except OSError as error:
+            raise StartupError(f"{option} {path!r}: cannot read: {error.strerror or error}") from None
+    try:
+        certificate = pki.load_certificates(contents["--tls-cert-file"], f"--tls-cert-file {cert_file!r}")[0]
+        key = pki.load_private_key(contents["--tls-private-key-file"], f"--tls-private-key-file {key_file!r}")
+    except pki.CertificateError as error:
+        raise StartupError(str(error)) from None
+    if certificate.public_key().public_numbers() != key.public_key().public_numbers():
+        raise StartupError(
+            f"--tls-private-key-file {key_file!r} does not belong to the certificate in --tls-cert-file {cert_file!r}"
+        )
+
+
+def display_address(host: str, port: int) -> str:
+    """Write `host` and `port` as host:port, with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind a TCP socket to `host` and `port` (uvicorn listens on it). Raises StartupError naming host:port."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind, protocol)
+    except OSError as error:
+        raise StartupError(f"cannot listen on {display_address(host, port)}: {error.strerror or error}") from None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+    except OSError as error:
+        listener.close()
+        raise StartupError(f"cannot listen on {display_address(host, port)}: {error.strerror or error}") from None
+    return listener
 
 
 def generate_self_signed(directory: str | None, host: str) -> TlsFiles:
@@ -143,6 +195,7 @@ class WebhookServer:
         # 2. TLS pair.
         if settings.tls_cert_file is not None:
             self.tls = TlsFiles(settings.tls_cert_file, settings.tls_private_key_file)
+            check_tls_files(self.tls.cert_file, self.tls.key_file)
         else:
             self.tls = generate_self_signed(settings.self_signed_dir, settings.host)
             self.log.warning(
@@ -204,7 +257,10 @@ class WebhookServer:
 
     async def serve(self) -> None:
         """Run the background tasks and serve until SIGINT or SIGTERM."""
-        # 4. Background tasks, cancelled when the server stops.
+        # 4. The listening socket, bound here so that a failure names host:port.
+        listener = bind_socket(self.settings.host, self.settings.port)
+
+        # 5. Background tasks, cancelled when the server stops.
         tasks: list[asyncio.Task] = []
         if self.policy_watcher is not None:
             tasks.append(asyncio.create_task(self.policy_watcher.run(self.settings.policy_interval)))
@@ -223,7 +279,7 @@ class WebhookServer:
             readiness_checks=self.state.readiness.names(),
         )
 
-        # 5. Serve; uvicorn handles SIGINT and SIGTERM with a graceful
+        # 6. Serve; uvicorn handles SIGINT and SIGTERM with a graceful
         # shutdown and then re-raises the signal with the handler that was
         # installed before. A no-op SIGTERM handler makes that a clean exit
         # (status 0), as a Kubernetes pod stop is not an error.
@@ -231,8 +287,9 @@ class WebhookServer:
             signal.signal(signal.SIGTERM, _ignore_signal)
 
         try:
-            await self.server.serve()
+            await self.server.serve(sockets=[listener])
         finally:
+            listener.close()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -129,6 +129,45 @@ def test_generate_invalid_ip(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--leaf-validity", "0s"], "--leaf-validity: invalid duration '0s'; expected more than zero"),
+        (["--ca-validity", "0h"], "--ca-validity: invalid duration '0s'; expected more than zero"),
+        (
+            ["--ca-validity", "1h", "--leaf-validity", "8760h"],
+            "--leaf-validity '8760h' is longer than --ca-validity '1h'; a serving certificate cannot outlive its CA",
+        ),
+        (["--dns", "bad name!"], "--dns: invalid DNS name 'bad name!'"),
+        (["--dns", "a..b"], "--dns: invalid DNS name 'a..b'"),
+        (["--dns=-a.example"], "--dns: invalid DNS name '-a.example'"),
+        (["--dns", "a" * 64 + ".example"], "--dns: invalid DNS name 'aaaa"),
+        (["--dns", "*"], "--dns: invalid DNS name '*'"),
+        (["--dns", "127.0.0.1"], "--dns: '127.0.0.1' is an IP address, not a DNS name; pass it with --ip"),
+        (["--dns", "::1"], "--dns: '::1' is an IP address, not a DNS name; pass it with --ip"),
+    ],
+    ids=["leaf-zero", "ca-zero", "leaf-outlives-ca", "dns-space", "dns-empty-label", "dns-hyphen", "dns-long-label",
+         "dns-bare-wildcard", "dns-ipv4", "dns-ipv6"],
+)
+def test_generate_invalid_option_rejected(tmp_path, capsys, options, message):
+    status = run_certs(["certs", "generate", "--out", str(tmp_path / "out"), *options])
+
+    assert status == 2
+    assert log_events(capsys.readouterr().err)[-1]["error"].startswith(message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_generate_wildcard_and_equal_validity_accepted(tmp_path):
+    status = run_certs(
+        ["certs", "generate", "--out", str(tmp_path), "--dns", "*.example.com", "--ca-validity", "2h", "--leaf-validity", "2h"]
+    )
+
+    assert status == 0
+    certificate = x509.load_pem_x509_certificate((tmp_path / "tls.crt").read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["*.example.com"]
+
+
 ENSURE_ARGS = ["certs", "ensure", "--service", "kubefence-webhook", "--ca-secret", "kubefence-ca", "--tls-secret", "kubefence-tls", "--webhook-config", "kubefence"]
 
 

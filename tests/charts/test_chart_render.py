@@ -39,6 +39,14 @@ ENFORCED_NAMESPACES = [
     {"match": "tenant-?", "allowedProfiles": ["default", "codex"]},
     {"match": "team-[!x]", "enforce": True},
 ]
+# Namespace rules with their own allowed lists, which replace the cluster
+# list in their namespaces: `codex` repeats a cluster profile, `reviewer`
+# and `builder` exist only here, and `reviewer` appears in two rules.
+NAMESPACE_ALLOWED_PROFILES = [
+    {"match": "agents", "defaultProfile": "codex", "allowedProfiles": ["codex", "reviewer"]},
+    {"match": "build-*", "allowedProfiles": ["default", "builder", "reviewer"]},
+    {"match": "tenant-?", "defaultProfile": "swival"},
+]
 
 # Value sets the chart must render, lint and validate with. Each id names the toggled value.
 VALUE_SETS = {
@@ -50,6 +58,8 @@ VALUE_SETS = {
     "enforced-namespaces": {"policy": {"namespaces": ENFORCED_NAMESPACES}},
     "node-components-disabled": {"nri": {"enabled": False}, "nodeSetup": {"enabled": False}},
     "restart-containerd": {"nodeSetup": {"restartContainerd": True, "privileged": False}},
+    "annotation-guard-disabled": {"annotationGuard": {"enabled": False}},
+    "namespace-allowed-profiles": {"policy": {"namespaces": NAMESPACE_ALLOWED_PROFILES}},
     "pinned-digests": {
         "image": {
             "webhook": {"repository": "registry.example/kf-webhook", "digest": "sha256:" + "a" * 64},
@@ -142,8 +152,12 @@ def test_schema_unknown_key_fails_render(render, values):
         {"nri": {"pluginIndex": "1"}},
         {"hostDir": "/opt/nono nri"},
         {"nodeSetup": {"containerdConfig": "/etc/containerd/../x.toml; reboot"}},
+        {"nri": {"verifyHook": "yes"}},
     ],
-    ids=["profile-flag", "timeout-above-30", "rotate-unknown", "short-digest", "one-digit-index", "path-space", "path-shell"],
+    ids=[
+        "profile-flag", "timeout-above-30", "rotate-unknown", "short-digest", "one-digit-index", "path-space",
+        "path-shell", "verify-hook-string",
+    ],
 )
 def test_schema_invalid_value_fails_render(render, values):
     with pytest.raises(HelmValuesError):
@@ -633,28 +647,87 @@ def test_nri_config_keys(render):
     assert config == {
         "socket_path": "/var/run/nri/nri.sock",
         "plugin_name": "kubefence",
-        "plugin_index": "10",
+        "plugin_index": "90",
         "runtime_handlers": ["nono-runc", "kata-nono-sandbox"],
         "default_profile": "default",
         "allowed_profiles": list(DEFAULT_PROFILES),
         "on_missing_profile": "reject",
         "nono_host_dir": "/opt/nono-nri",
         "state_dir": "/var/lib/kubefence-nri",
+        "validator": True,
+        "verify_hook": True,
         "metrics_address": "0.0.0.0:9090",
     }
 
 
-def test_nri_config_optional_keys(render):
-    config = _nri_config(render({"nri": {"seccompProfile": "runtime/default", "validator": "strict"}}))
+def test_nri_allowed_profiles_union_of_namespace_rules(render):
+    """The plugin's one list admits every profile some namespace rule allows, once, in first-seen order."""
+    config = _nri_config(render(VALUE_SETS["namespace-allowed-profiles"]))
 
-    assert config["seccomp_profile"] == "runtime/default"
-    assert config["validator"] == "strict"
+    assert config["allowed_profiles"] == [*DEFAULT_PROFILES, "reviewer", "builder"]
+    assert config["default_profile"] == "default"
 
 
-def test_nri_config_escapes_strings(render):
-    config = _nri_config(render({"nri": {"seccompProfile": 'profile "quoted" \\ back'}}))
+def test_nri_allowed_profiles_cover_webhook_policy(render):
+    """Every profile the webhook admits in some namespace passes the plugin's list."""
+    rendered = render(VALUE_SETS["namespace-allowed-profiles"])
+    policy = _policy(rendered)
+    config = _nri_config(rendered)
 
-    assert config["seccomp_profile"] == 'profile "quoted" \\ back'
+    for namespace in ("agents", "build-7", "tenant-a", "elsewhere"):
+        default, allowed = policy.profiles_for(namespace)
+        assert default in config["allowed_profiles"], namespace
+        assert set(allowed) <= set(config["allowed_profiles"]), namespace
+    assert policy.profiles_for("agents")[1] == ("codex", "reviewer")
+
+
+def test_nri_config_loads_with_namespace_profiles(render, tmp_path):
+    """The plugin's own config loader accepts the union list and keeps the cluster default."""
+    from kubefence.nri.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text(render(VALUE_SETS["namespace-allowed-profiles"]).one("ConfigMap", "-nri")["data"]["config.toml"])
+
+    config = load_config(str(path), {})
+
+    assert config.allowed_profiles == (*DEFAULT_PROFILES, "reviewer", "builder")
+    assert config.default_profile == "default"
+
+def test_nri_config_verify_hook_off(render):
+    assert _nri_config(render({"nri": {"verifyHook": False}}))["verify_hook"] is False
+
+
+def test_nri_config_verify_hook_off_for_image_volume(render):
+    values = {"nonoVolume": {"type": "image", "image": {"reference": "ghcr.io/example/nono:1"}}}
+    assert _nri_config(render(values))["verify_hook"] is False
+
+
+def test_nri_config_verify_hook_accepted_by_plugin(render, tmp_path):
+    from kubefence.nri.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text(render().one("ConfigMap", "-nri")["data"]["config.toml"])
+    assert load_config(str(path)).verify_hook is True
+
+
+def test_nri_config_optional_keys(render, tmp_path):
+    """seccompProfile and validator reach the plugin's own loader with the types it accepts."""
+    from kubefence.nri.config import load_config
+
+    rendered = render({"nri": {"seccompProfile": "restricted", "validator": False}})
+    config = _nri_config(rendered)
+    assert config["seccomp_profile"] == "restricted"
+    assert config["validator"] is False
+
+    path = tmp_path / "config.toml"
+    path.write_text(rendered.one("ConfigMap", "-nri")["data"]["config.toml"])
+    loaded = load_config(str(path))
+    assert loaded.seccomp_profile == "restricted"
+    assert loaded.validator is False
+
+
+def test_nri_config_validator_on_by_default(render):
+    assert _nri_config(render())["validator"] is True
 
 
 def test_nri_daemonset_never_overlaps(render):

@@ -87,3 +87,18 @@ def test_policy_rejects_invalid(document, expected):
         load_policy(document, "policy.yaml")
     assert str(caught.value).startswith("policy.yaml: ")
     assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ("a: [\n  b: }\n", "policy.yaml: invalid YAML at line 2, column 6: expected the node content, but found '}'"),
+        ("a: 'open\n", "policy.yaml: invalid YAML at line 2, column 1: found unexpected end of stream"),
+        (b"a: \x80", "policy.yaml: not UTF-8 text (invalid byte at offset 3)"),
+    ],
+    ids=["flow", "quote", "not-utf8"],
+)
+def test_load_policy_yaml_error_one_line(document, expected):
+    with pytest.raises(ConfigError) as caught:
+        load_policy(document, "policy.yaml")
+    assert str(caught.value) == expected

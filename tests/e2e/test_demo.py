@@ -109,3 +109,26 @@ def test_demo_rejected_pod_exit_code(container_host, tmp_path):
     assert completed.returncode == 1
     assert "denied: " in completed.stdout
     assert "--allow=/etc" in completed.stdout
+
+
+def test_demo_binary_pod_clear_error(container_host, tmp_path):
+    manifest = tmp_path / "bin.yaml"
+    manifest.write_bytes(b"\xff\xfe\x00bin")
+
+    completed = run_demo("--pod", str(manifest))
+
+    assert completed.returncode == 2
+    assert completed.stderr == f"kubefence demo: --pod {str(manifest)!r} is not UTF-8 text (invalid byte at offset 0)\n"
+
+
+def test_demo_yaml_error_one_line(container_host, tmp_path):
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text("kind: Pod\nmetadata: [\n  a: }\n")
+
+    completed = run_demo("--pod", str(manifest))
+
+    assert completed.returncode == 2
+    assert completed.stderr == (
+        f"kubefence demo: invalid pod manifest {str(manifest)!r}: invalid YAML at line 3, column 6: "
+        "expected the node content, but found '}'\n"
+    )

@@ -313,8 +313,8 @@ WIDENING = {
     "own-nono-volume": (own_nono_volume, "admission", "create"),
     "own-nono-subpath": (own_nono_subpath, "admission", "create"),
     "own-nono-trailing-slash": (lambda host: own_nono_subpath(host, "/nono/"), "admission", "create"),
-    "nono-allow": (lambda host: (agent_pod(env=[("NONO_ALLOW", "/etc")]), {}), "create", "create"),
-    "ld-preload": (lambda host: (agent_pod(env=[("LD_PRELOAD", "/srv/evil.so")]), {}), "create", "create"),
+    "nono-allow": (lambda host: (agent_pod(env=[("NONO_ALLOW", "/etc")]), {}), "admission", "create"),
+    "ld-preload": (lambda host: (agent_pod(env=[("LD_PRELOAD", "/srv/evil.so")]), {}), "admission", "create"),
     "tmpdir": (lambda host: (agent_pod(env=[("TMPDIR", "/etc")]), {}), "ran", "ran"),
     "xdg-config-home": (
         lambda host: (

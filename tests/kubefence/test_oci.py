@@ -11,6 +11,9 @@ import pytest
 
 from kubefence import oci
 
+# Saved before the fixture below replaces shutil.which.
+REAL_WHICH = shutil.which
+
 
 @pytest.fixture
 def complete_machine(monkeypatch):
@@ -40,6 +43,19 @@ def test_missing_requirement_tool_not_found(complete_machine, monkeypatch, tool)
 
     assert message.startswith(f"{tool} not found: {tool!r}")
     assert "apt-get install" in message
+
+
+@pytest.mark.parametrize("tool", ["runc", "busybox"])
+def test_missing_requirement_tool_not_executable(complete_machine, monkeypatch, tmp_path, tool):
+    plain_file = tmp_path / tool
+    plain_file.write_text("#!/bin/sh\n")
+    plain_file.chmod(0o644)
+    # The real lookup: a path to a file without execute permission.
+    monkeypatch.setattr(oci.shutil, "which", REAL_WHICH)
+
+    message = oci.missing_requirement(**{"runc": "/bin/true", "busybox": "/bin/true", tool: str(plain_file)})
+
+    assert message == f"{tool} is not executable: {str(plain_file)!r} (chmod +x it, or pass another file)"
 
 
 def test_missing_requirement_no_landlock(complete_machine, monkeypatch):

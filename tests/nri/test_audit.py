@@ -157,3 +157,18 @@ def test_audit_read_missing_is_none(tmp_path):
     store = AuditStore(str(tmp_path))
     assert store.read("a") is None
     assert store.read("../x") is None
+
+
+def test_audit_state_dir_regular_file_rejected(tmp_path):
+    state_dir = tmp_path / "state"
+    state_dir.write_text("not a directory\n")
+    with pytest.raises(NotADirectoryError) as caught:
+        AuditStore(str(state_dir))
+    assert str(caught.value) == f"state_dir {str(state_dir)!r} exists and is not a directory"
+
+
+def test_audit_state_dir_dangling_symlink_rejected(tmp_path):
+    state_dir = tmp_path / "state"
+    state_dir.symlink_to(tmp_path / "absent")
+    with pytest.raises(NotADirectoryError):
+        AuditStore(str(state_dir))

@@ -9,6 +9,7 @@ from kubefence.nri.checks import (
     LandlockUnavailableError,
     NonoBinaryError,
     check_nono_binary,
+    check_verify_hook,
     elf_interpreter,
     landlock_abi,
 )
@@ -214,3 +215,69 @@ def test_landlock_abi_unavailable_reported(errno_value, expected):
     assert result.returncode == 3, result.stderr
     assert "Landlock is not available" in result.stdout
     assert expected in result.stdout
+
+
+def _hook_host_dir(tmp_path, hook_mode=0o755):
+    host_dir = _host_dir(tmp_path)
+    host_dir.chmod(0o755)
+    script = host_dir / "kubefence-verify"
+    script.write_bytes(b"#!/bin/sh\nexit 0\n")
+    script.chmod(hook_mode)
+    return host_dir
+
+
+def test_check_verify_hook_accepts_good_install(tmp_path):
+    host_dir = _hook_host_dir(tmp_path)
+    assert check_verify_hook(str(host_dir), owner_uid=OWNER) == str(host_dir / "kubefence-verify")
+
+
+def test_check_verify_hook_missing(tmp_path):
+    host_dir = _host_dir(tmp_path)
+    with pytest.raises(NonoBinaryError, match="verify hook script does not exist; run node setup"):
+        check_verify_hook(str(host_dir), owner_uid=OWNER)
+
+
+def test_check_verify_hook_symlink_rejected(tmp_path):
+    host_dir = _host_dir(tmp_path)
+    elsewhere = tmp_path / "elsewhere.sh"
+    elsewhere.write_bytes(b"#!/bin/sh\nexit 0\n")
+    elsewhere.chmod(0o755)
+    (host_dir / "kubefence-verify").symlink_to(elsewhere)
+    with pytest.raises(NonoBinaryError, match="verify hook script is a symlink"):
+        check_verify_hook(str(host_dir), owner_uid=OWNER)
+
+
+@pytest.mark.parametrize(
+    ("hook_mode", "expected"),
+    [
+        pytest.param(0o775, "lets group or others write", id="group-writable"),
+        pytest.param(0o757, "lets group or others write", id="others-writable"),
+        pytest.param(0o700, "readable and executable by everyone", id="owner-only"),
+    ],
+)
+def test_check_verify_hook_bad_mode_rejected(tmp_path, hook_mode, expected):
+    host_dir = _hook_host_dir(tmp_path, hook_mode)
+    with pytest.raises(NonoBinaryError, match=expected):
+        check_verify_hook(str(host_dir), owner_uid=OWNER)
+
+
+def test_check_verify_hook_directory_rejected(tmp_path):
+    host_dir = _host_dir(tmp_path)
+    (host_dir / "kubefence-verify").mkdir()
+    with pytest.raises(NonoBinaryError, match="not a regular file"):
+        check_verify_hook(str(host_dir), owner_uid=OWNER)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="chown to another user needs root")
+def test_check_verify_hook_other_owner_rejected(tmp_path):
+    host_dir = _hook_host_dir(tmp_path)
+    os.chown(host_dir / "kubefence-verify", 65534, 65534)
+    with pytest.raises(NonoBinaryError, match="owned by uid 65534"):
+        check_verify_hook(str(host_dir))
+
+
+def test_check_verify_hook_checks_nono_binary_too(tmp_path):
+    host_dir = _hook_host_dir(tmp_path)
+    (host_dir / "nono").unlink()
+    with pytest.raises(NonoBinaryError, match="nono binary does not exist"):
+        check_verify_hook(str(host_dir), owner_uid=OWNER)

@@ -12,6 +12,7 @@ from kubefence.nri.config import (
     load_config,
     overrides_from_args,
     split_host_port,
+    verify_hook_path,
 )
 
 
@@ -34,6 +35,7 @@ def test_config_defaults():
     assert config.state_dir == "/var/lib/kubefence-nri"
     assert config.seccomp_profile == ""
     assert config.validator is True
+    assert config.verify_hook is False
     assert config.metrics_address == "0.0.0.0:9090"
     assert config.log_level == "info"
     assert config.registration_name == "90-kubefence"
@@ -54,6 +56,7 @@ nono_host_dir = "/srv/nono"
 state_dir = "/var/lib/kf"
 seccomp_profile = "restricted"
 validator = false
+verify_hook = true
 metrics_address = "127.0.0.1:9191"
 log_level = "debug"
 """,
@@ -71,6 +74,7 @@ log_level = "debug"
         state_dir="/var/lib/kf",
         seccomp_profile="restricted",
         validator=False,
+        verify_hook=True,
         metrics_address="127.0.0.1:9191",
         log_level="debug",
     )
@@ -126,6 +130,7 @@ def test_config_unknown_override_rejected():
         pytest.param("state_dir", "//", "root directory", id="state-dir-root"),
         pytest.param("seccomp_profile", "unconfined", "'unconfined'", id="seccomp-unknown"),
         pytest.param("validator", "yes", "'yes'", id="validator-string"),
+        pytest.param("verify_hook", 1, "1", id="verify-hook-integer"),
         pytest.param("metrics_address", "9090", "'9090'", id="metrics-no-host"),
         pytest.param("metrics_address", "0.0.0.0:0", "'0.0.0.0:0'", id="metrics-port-zero"),
         pytest.param("metrics_address", "0.0.0.0:70000", "'0.0.0.0:70000'", id="metrics-port-high"),
@@ -190,6 +195,7 @@ def test_config_flags_become_overrides():
             "--runtime-handlers", "nono-runc, kata-nono",
             "--allowed-profiles", "default,swival",
             "--no-validator",
+            "--verify-hook",
             "--seccomp-profile", "",
             "--metrics-address", "[::1]:9100",
         ]
@@ -200,12 +206,24 @@ def test_config_flags_become_overrides():
         "runtime_handlers": ["nono-runc", "kata-nono"],
         "allowed_profiles": ["default", "swival"],
         "validator": False,
+        "verify_hook": True,
         "seccomp_profile": "",
         "metrics_address": "[::1]:9100",
     }
     config = load_config(None, overrides)
     assert config.runtime_handlers == ("nono-runc", "kata-nono")
     assert config.validator is False
+    assert config.verify_hook is True
+
+
+def test_config_no_verify_hook_flag():
+    overrides = overrides_from_args(_parser().parse_args(["--no-verify-hook"]))
+    assert overrides == {"verify_hook": False}
+
+
+def test_config_verify_hook_path_in_host_dir():
+    config = PluginConfig(nono_host_dir="/srv/nono")
+    assert verify_hook_path(config) == "/srv/nono/kubefence-verify"
 
 
 def test_config_no_flags_no_overrides():
@@ -245,3 +263,11 @@ def test_clean_path_matches_go(path, expected):
 )
 def test_split_host_port_accepted(address, expected):
     assert split_host_port(address) == expected
+
+
+def test_config_binary_file_named(tmp_path):
+    path = tmp_path / "bin.toml"
+    path.write_bytes(b"\xff\xfe\x00bin")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert str(caught.value) == f"{path}: not UTF-8 text (invalid byte at offset 0)"

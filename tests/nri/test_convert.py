@@ -1,7 +1,7 @@
 """Conversion between NRI protobuf messages and the plain model."""
 
 from kubefence.nri import api_pb2, convert
-from kubefence.nri.model import Adjustment, Container, Mount, Pod
+from kubefence.nri.model import Adjustment, Container, Hook, Mount, Pod
 
 SECCOMP = {
     "defaultAction": "SCMP_ACT_ALLOW",
@@ -54,3 +54,41 @@ def test_convert_adjustment_round_trip():
 def test_convert_empty_adjustment_is_empty_message():
     assert convert.adjustment_to_proto(Adjustment()).ByteSize() == 0
     assert convert.adjustment_from_proto(api_pb2.ContainerAdjustment()).is_empty()
+
+
+HOOK = Hook(path="/opt/nono-nri/kubefence-verify", args=("/opt/nono-nri/kubefence-verify", "/opt/nono-nri"),
+            env=("A=1",))
+
+
+def test_convert_adjustment_hooks_are_create_container_hooks():
+    message = convert.adjustment_to_proto(Adjustment(hooks=(HOOK,)))
+    [hook] = message.hooks.create_container
+    assert hook.path == HOOK.path
+    assert list(hook.args) == list(HOOK.args)
+    assert list(hook.env) == ["A=1"]
+    assert not message.hooks.prestart
+    assert not message.hooks.start_container
+    assert convert.adjustment_from_proto(message) == Adjustment(hooks=(HOOK,))
+
+
+def test_convert_adjustment_hooks_wire_field_numbers():
+    # containerd/nri: ContainerAdjustment.hooks = 5, Hooks.create_container = 3,
+    # Hook.path = 1, Hook.args = 2.
+    message = convert.adjustment_to_proto(Adjustment(hooks=(Hook(path="/p", args=("a",)),)))
+    hook = bytes([0x0A, 2]) + b"/p" + bytes([0x12, 1]) + b"a"
+    hooks = bytes([0x1A, len(hook)]) + hook
+    assert message.SerializeToString() == bytes([0x2A, len(hooks)]) + hooks
+
+
+def test_convert_container_hooks_round_trip():
+    container = Container(id="c", args=("sh",), hooks=(HOOK, Hook(path="/other")))
+    message = convert.container_to_proto(container)
+    assert [hook.path for hook in message.hooks.create_container] == [HOOK.path, "/other"]
+    assert convert.container_from_proto(message) == container
+
+
+def test_convert_container_other_hook_kinds_ignored():
+    message = api_pb2.Container(id="c")
+    message.hooks.prestart.add(path="/prestart")
+    message.hooks.poststop.add(path="/poststop")
+    assert convert.container_from_proto(message).hooks == ()

@@ -13,7 +13,7 @@ from kubefence.nri.decision import (
     wrapped_profile,
 )
 from kubefence.nri.environment import NONO_HOME
-from kubefence.nri.model import Adjustment, Mount, Pod
+from kubefence.nri.model import Adjustment, Hook, Mount, Pod
 from kubefence.nri.mounts import is_at_or_below_nono
 
 CONFIG = make_config()
@@ -384,6 +384,65 @@ def test_decide_create_second_instance_claims_nothing_with_seccomp():
     final = _final(PS, make_container(mounts=()), config)
     decision = decide_create(PS, final, config)
     assert decision.adjustment.is_empty()
+
+
+# The createContainer hook that checks /nono
+
+
+VERIFY_HOOK = Hook(path=f"{H}/kubefence-verify", args=(f"{H}/kubefence-verify", H))
+
+
+def test_decide_create_verify_hook_off_by_default():
+    decision = decide_create(PS, make_container(), CONFIG)
+    assert decision.adjustment.hooks == ()
+
+
+def test_decide_create_verify_hook_added():
+    config = make_config(verify_hook=True)
+    decision = decide_create(PS, make_container(), config)
+    assert decision.adjustment.hooks == (VERIFY_HOOK,)
+    final = apply_adjustment(make_container(), decision.adjustment)
+    assert final.hooks == (VERIFY_HOOK,)
+    assert_wrapped(final)
+    assert validate_final(PS, final, config).decision == "inject"
+
+
+def test_decide_create_verify_hook_custom_host_dir():
+    config = make_config(verify_hook=True, nono_host_dir="/srv/nono")
+    container = make_container(mounts=())
+    decision = decide_create(PS, container, config)
+    assert decision.adjustment.hooks == (
+        Hook(path="/srv/nono/kubefence-verify", args=("/srv/nono/kubefence-verify", "/srv/nono")),
+    )
+
+
+def test_decide_create_verify_hook_not_for_skipped_pod():
+    config = make_config(verify_hook=True)
+    decision = decide_create(_pod(handler="runc"), make_container(), config)
+    assert decision.decision == "skip"
+    assert decision.adjustment is None
+
+
+def test_decide_create_second_instance_adds_no_second_hook():
+    config = make_config(verify_hook=True)
+    final = _final(PS, make_container(), config)
+    decision = decide_create(PS, final, config)
+    assert decision.adjustment.is_empty()
+    assert "already wrapped" in decision.reason
+
+
+def test_decide_create_verify_hook_added_after_earlier_hooks():
+    config = make_config(verify_hook=True)
+    other = Hook(path="/usr/libexec/oci/hooks.d/gpu", args=("gpu",))
+    lookalike = Hook(path=f"{H}/kubefence-verify", args=(f"{H}/kubefence-verify", "/elsewhere"))
+    container = make_container(hooks=(other, lookalike))
+    decision = decide_create(PS, container, config)
+    assert decision.adjustment.hooks == (VERIFY_HOOK,)
+    assert apply_adjustment(container, decision.adjustment).hooks == (other, lookalike, VERIFY_HOOK)
+
+
+def test_adjustment_with_only_hooks_not_empty():
+    assert not Adjustment(hooks=(VERIFY_HOOK,)).is_empty()
 
 
 # Applying adjustments the way the runtime does

@@ -246,6 +246,11 @@ def test_node_setup_auto_version_falls_back_to_config(capsys, node):
 
     assert code == nodesetup.EXIT_RESTART_NEEDED
     assert report["containerd"]["version_source"] == "config"
+    address = str(node / "no-containerd.sock")
+    assert report["warnings"][0] == (
+        f"asking containerd at {address!r} for its version failed (socket {address!r} not found); using 2.2.0, "
+        "the oldest release the config file can come from; pass --containerd-version to give the exact release"
+    )
 
 
 def test_node_setup_auto_version_unknown_fails(capsys, node):
@@ -383,6 +388,7 @@ def test_node_setup_no_binary_skips_install(capsys, node):
 
     assert code == nodesetup.EXIT_RESTART_NEEDED
     assert "binary" not in report
+    assert "verify_hook" not in report
     assert not (node / "opt-nono-nri").exists()
 
 
@@ -396,6 +402,9 @@ def test_node_setup_binary_only(capsys, node):
     assert report["changed"] is True
     assert report["restart_needed"] is False
     assert report["binary"]["sha256"] == NONO_SHA256
+    assert report["verify_hook"]["path"] == str(node / "opt-nono-nri" / "kubefence-verify")
+    assert report["verify_hook"]["changes"]
+    assert (node / "opt-nono-nri" / "kubefence-verify").is_file()
     assert not (node / "etc-containerd" / "config.toml").exists()
 
 
@@ -416,3 +425,82 @@ def test_node_setup_runtime_handler_added_once(capsys, node):
     assert runtimes["nono-runc"] == runtimes["runc"]
     assert again_code == nodesetup.EXIT_OK
     assert again["containerd"]["changes"] == []
+
+
+def test_node_setup_binary_config_fails_clearly(capsys, node):
+    config = node / "etc-containerd" / "config.toml"
+    config.write_bytes(b"\xff\xfe\x00bin")
+
+    code, report = _run(capsys, *_arguments(node, "", "2.2.2"), "--dry-run")
+
+    assert code == nodesetup.EXIT_FAILED
+    assert report["error"] == f"containerd config {str(config)!r} is not UTF-8 text (invalid byte at offset 0)"
+    assert config.read_bytes() == b"\xff\xfe\x00bin"
+
+
+@pytest.mark.parametrize(
+    "flags", [["--no-binary", "--no-containerd-config"], ["--no-containerd-config", "--no-binary"]], ids=["binary-first", "config-first"]
+)
+def test_node_setup_skipping_both_steps_argument_error(capsys, flags):
+    parser = argparse.ArgumentParser(prog="kubefence")
+    nodesetup.register(parser.add_subparsers())
+    with pytest.raises(SystemExit) as caught:
+        parser.parse_args(["node-setup", *flags])
+    assert caught.value.code == 2
+    assert "--no-binary and --no-containerd-config together skip every step" in capsys.readouterr().err
+
+PACKAGED_HOOK = (Path(nodesetup.__file__).parent / "verify_nono.sh").read_bytes()
+
+
+@needs_root
+def test_install_verify_hook_root_owned_0755(node):
+    result = nodesetup.install_verify_hook(node / "opt-nono-nri")
+
+    target = node / "opt-nono-nri" / "kubefence-verify"
+    assert target.read_bytes() == PACKAGED_HOOK
+    for path in (target, target.parent):
+        status = path.lstat()
+        assert (status.st_uid, status.st_gid) == (0, 0)
+        assert stat.S_IMODE(status.st_mode) == 0o755
+    assert result.path == str(target)
+    assert result.sha256 == hashlib.sha256(PACKAGED_HOOK).hexdigest()
+
+
+@needs_root
+def test_install_verify_hook_second_run_is_no_op(node):
+    nodesetup.install_verify_hook(node / "opt-nono-nri")
+
+    result = nodesetup.install_verify_hook(node / "opt-nono-nri")
+
+    assert result.changes == ()
+
+
+@needs_root
+def test_install_verify_hook_replaces_changed_content(node):
+    host = node / "opt-nono-nri"
+    nodesetup.install_verify_hook(host)
+    (host / "kubefence-verify").write_text("#!/bin/sh\nexit 0\n")
+
+    result = nodesetup.install_verify_hook(host)
+
+    assert (host / "kubefence-verify").read_bytes() == PACKAGED_HOOK
+    assert result.changes == (f"{host / 'kubefence-verify'}: installed verify hook {result.sha256[:12]}",)
+
+
+@needs_root
+def test_install_verify_hook_dry_run_writes_nothing(node):
+    result = nodesetup.install_verify_hook(node / "opt-nono-nri", dry_run=True)
+
+    assert result.changes
+    assert not (node / "opt-nono-nri").exists()
+
+
+@needs_root
+def test_install_verify_hook_passes_plugin_check(node):
+    from kubefence.nri.checks import check_verify_hook
+
+    host = node / "opt-nono-nri"
+    nodesetup.install_binary(node / "image" / "nono", host)
+    nodesetup.install_verify_hook(host)
+
+    assert check_verify_hook(str(host)) == str(host / "kubefence-verify")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kubefence.nri.model import Adjustment, Container, Mount
+from kubefence.nri.model import Adjustment, Container, Hook, Mount
 from kubefence.nri.runtime_sim import MergeConflict, _Merge, apply_like_generator
 
 
@@ -102,3 +102,19 @@ def test_merge_same_mount_two_plugins_conflicts():
     merge.apply(Adjustment(mounts=(Mount("/nono", "bind", "/a"),)), "10-one")
     with pytest.raises(MergeConflict, match="/nono"):
         merge.apply(Adjustment(mounts=(Mount("/nono", "bind", "/b"),)), "20-two")
+
+
+def test_merge_hooks_of_two_plugins_appended_in_order():
+    first, second = Hook(path="/one"), Hook(path="/two", args=("/two", "x"))
+    merge = _Merge(container())
+    merge.apply(Adjustment(hooks=(first,)), "10-one")
+    merge.apply(Adjustment(hooks=(second,)), "20-two")
+    assert merge.adjustment().hooks == (first, second)
+    assert merge.view.hooks == (first, second)
+
+
+def test_apply_like_generator_hooks_appended():
+    existing, added = Hook(path="/existing"), Hook(path="/added")
+    pristine = Container(id="c", args=("app",), hooks=(existing,))
+    final = apply_like_generator(pristine, Adjustment(hooks=(added,)))
+    assert final.hooks == (existing, added)

@@ -184,3 +184,65 @@ def test_cli_help_lists_options(command, options):
     assert result.returncode == 0
     for option in options:
         assert option in result.stdout
+
+
+BINARY = b"\xff\xfe\x00bin"
+
+
+def test_review_binary_manifest_exit_2(tmp_path):
+    manifest = tmp_path / "bin.yaml"
+    manifest.write_bytes(BINARY)
+    result = review(str(manifest))
+    assert result.returncode == 2
+    assert result.stderr == f"kubefence review: error: {manifest}: not UTF-8 text (invalid byte at offset 0)\n"
+    assert result.stdout == ""
+
+
+def test_review_binary_stdin_exit_2():
+    result = subprocess.run(
+        [sys.executable, "-m", "kubefence", "review", "-"], capture_output=True, input=BINARY, timeout=60
+    )
+    assert result.returncode == 2
+    assert b"-: not UTF-8 text" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+def test_review_binary_policy_exit_2(tmp_path):
+    policy = tmp_path / "bin-policy.yaml"
+    # Without a byte order mark, so that PyYAML cannot take it for UTF-16.
+    policy.write_bytes(b"defaultProfile: \x80\x81bin")
+    result = review(str(PODS / "agent-sandboxed.yaml"), "--policy", str(policy))
+    assert result.returncode == 2
+    assert result.stderr == f"kubefence review: error: {policy}: not UTF-8 text (invalid byte at offset 16)\n"
+
+
+def test_review_policy_yaml_error_one_line(tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("defaultProfile: [\n  a: }\n")
+    result = review(str(PODS / "agent-sandboxed.yaml"), "--policy", str(policy))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"kubefence review: error: {policy}: invalid YAML at line 2, column 6: "
+        "expected the node content, but found '}'\n"
+    )
+    assert "agent-sandboxed.yaml" not in result.stderr
+
+
+def test_review_manifest_yaml_error_one_line(tmp_path):
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text("kind: Pod\nmetadata: [\n  a: }\n")
+    result = review(str(manifest))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"kubefence review: error: {manifest}: invalid YAML at line 3, column 6: ")
+
+
+def test_review_help_names_positional_consistently():
+    result = subprocess.run(
+        [sys.executable, "-m", "kubefence", "review", "--help"], capture_output=True, text=True, timeout=60
+    )
+    description = " ".join(result.stdout.split())
+    assert "usage: kubefence review [-h]" in description
+    assert "POD.yaml" in description.split("positional arguments:")[0].split("]", 1)[1]
+    assert "each object in POD.yaml ('-' reads standard input)" in description
+    assert " FILE (" not in description

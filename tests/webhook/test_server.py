@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -120,10 +121,12 @@ def replaced(path: list[str], value) -> bytes:
         (replaced(["apiVersion"], "admission.k8s.io/v1beta1"), "'admission.k8s.io/v1beta1'"),
         (replaced(["kind"], "Pod"), "invalid kind 'Pod'"),
         (without(["request"]), "missing request"),
-        (replaced(["request"], []), "missing request"),
+        (replaced(["request"], []), "invalid request []; expected an object"),
+        (replaced(["request"], "x"), "invalid request 'x'; expected an object"),
         (without(["request", "uid"]), "missing request.uid"),
         (replaced(["request", "uid"], ""), "missing request.uid"),
-        (replaced(["request", "uid"], 12), "missing request.uid"),
+        (replaced(["request", "uid"], 12), "invalid request.uid 12; expected a non-empty string"),
+        (replaced(["request", "uid"], 5), "invalid request.uid 5; expected a non-empty string"),
         (replaced(["request", "object"], None), "missing request.object"),
         (replaced(["request", "object"], "pod"), "invalid request.object"),
         (replaced(["request", "object", "spec", "containers"], {"name": "x"}), "object.spec.containers"),
@@ -132,7 +135,7 @@ def replaced(path: list[str], value) -> bytes:
     ],
     ids=[
         "empty", "array", "string", "no-api-version", "v1beta1", "wrong-kind", "no-request", "request-array",
-        "no-uid", "empty-uid", "uid-number", "null-object", "object-string", "containers-object", "operation-number",
+        "request-string", "no-uid", "empty-uid", "uid-number", "uid-five", "null-object", "object-string", "containers-object", "operation-number",
         "truncated",
     ],
 )
@@ -303,6 +306,85 @@ def test_server_start_missing_certificate_exit_2(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def start_errors(result: subprocess.CompletedProcess) -> list[dict]:
+    return [json.loads(line) for line in result.stderr.splitlines() if '"cannot start the webhook"' in line]
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "expected"),
+    [
+        ("missing", "good", "--tls-cert-file '{missing}': cannot read: No such file or directory"),
+        ("good", "missing", "--tls-private-key-file '{missing}': cannot read: No such file or directory"),
+        ("junk", "good", "--tls-cert-file '{junk}': not valid PEM certificates"),
+        ("good", "junk", "--tls-private-key-file '{junk}': not a valid unencrypted PEM private key"),
+        ("good", "other", "--tls-private-key-file '{other}' does not belong to the certificate in --tls-cert-file '{good_cert}'"),
+        ("directory", "good", "--tls-cert-file '{directory}': cannot read: Is a directory"),
+    ],
+    ids=["cert-missing", "key-missing", "cert-not-pem", "key-not-pem", "key-mismatch", "cert-directory"],
+)
+def test_server_start_tls_error_names_file(tmp_path, tls_material, cert, key, expected):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a PEM file\n")
+    other = tmp_path / "other.key"
+    # The key of another serving pair: valid PEM, but not the certificate's key.
+    other.write_bytes(pki.generate_serving(pki.generate_ca(), dns_names=["localhost"]).key_pem)
+    files = {
+        "good": None, "missing": tmp_path / "missing.pem", "junk": junk, "other": other, "directory": tmp_path,
+    }
+    cert_file = tls_material.cert_file if cert == "good" else files[cert]
+    key_file = tls_material.key_file if key == "good" else files[key]
+    result = run_kubefence(
+        "webhook", "--host", "127.0.0.1", "--port", str(free_port()),
+        "--tls-cert-file", str(cert_file), "--tls-private-key-file", str(key_file),
+    )
+    assert result.returncode == 2
+    [error] = start_errors(result)
+    message = expected.format(
+        missing=files["missing"], junk=junk, other=other, good_cert=tls_material.cert_file, directory=tmp_path
+    )
+    assert error["error"].startswith(message)
+    assert "\n" not in error["error"]
+    assert "Traceback" not in result.stderr
+
+
+def test_server_start_port_in_use_exit_2(tls_material):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_kubefence(
+            "webhook", "--host", "127.0.0.1", "--port", str(port),
+            "--tls-cert-file", str(tls_material.cert_file), "--tls-private-key-file", str(tls_material.key_file),
+        )
+    assert result.returncode == 2
+    [error] = start_errors(result)
+    assert error["error"] == f"cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+@pytest.mark.parametrize("host", ["256.1.1.1", "no-such-host.invalid"], ids=["bad-address", "unknown-name"])
+def test_server_start_bad_host_exit_2(tls_material, host):
+    port = free_port()
+    result = run_kubefence(
+        "webhook", "--host", host, "--port", str(port),
+        "--tls-cert-file", str(tls_material.cert_file), "--tls-private-key-file", str(tls_material.key_file),
+    )
+    assert result.returncode == 2
+    [error] = start_errors(result)
+    assert error["error"].startswith(f"cannot listen on {host}:{port}: ")
+
+
+def test_server_start_policy_yaml_error_one_line(tmp_path, tls_material):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("defaultProfile: [\n  a: }\n")
+    result = run_kubefence(
+        "webhook", "--host", "127.0.0.1", "--port", str(free_port()), "--policy", str(policy),
+        "--tls-cert-file", str(tls_material.cert_file), "--tls-private-key-file", str(tls_material.key_file),
+    )
+    assert result.returncode == 2
+    [error] = [json.loads(line) for line in result.stderr.splitlines() if '"invalid policy; not starting"' in line]
+    assert error["error"] == f"{policy}: invalid YAML at line 2, column 6: expected the node content, but found '}}'"
+
+
 def test_server_self_signed_ca_in_log(tmp_path):
     """Without certificate files the webhook generates a pair and names its CA file in the log."""
     log_file = tmp_path / "stderr.jsonl"
@@ -423,3 +505,41 @@ def test_policy_watcher_missing_file_keeps_policy(tmp_path):
     path.write_text("defaultProfile: swival\n")
     assert watcher.check_once() is True
     assert state.policy.default_profile == "swival"
+
+
+@pytest.mark.parametrize("field", ["policy_interval", "certificate_interval"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0, -1.0], ids=["nan", "inf", "zero", "negative"])
+def test_serve_settings_interval_not_finite_rejected(field, value):
+    with pytest.raises(ValueError, match="expected a positive finite number of seconds"):
+        ServeSettings(**{field: value})
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/nope"), ("GET", "/"), ("POST", "/mutate/x")], ids=["unknown", "root", "below-mutate"])
+def test_app_unknown_path_plain_text_404(method, path):
+    response = call_app(create_app(WebhookState()), method, path)
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert response.text == f"not found: {path}; endpoints: POST /mutate, GET /healthz, /readyz, /metrics\n"
+
+
+def test_app_wrong_method_plain_text_405():
+    response = call_app(create_app(WebhookState()), "POST", "/healthz")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert response.text == "method not allowed\n"
+    assert response.headers["allow"] == "GET"
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({}, "missing Content-Type; expected application/json\n"),
+        ({"content-type": ""}, "missing Content-Type; expected application/json\n"),
+        ({"content-type": "text/plain"}, "unsupported content type 'text/plain'; expected application/json\n"),
+    ],
+    ids=["absent", "empty", "text"],
+)
+def test_app_content_type_message(headers, message):
+    response = call_app(create_app(WebhookState()), "POST", "/mutate", content=b"{}", headers=headers)
+    assert response.status_code == 415
+    assert response.text == message

@@ -193,12 +193,23 @@ kubefence.common.policy.load_policy reads.
 {{/*
 kubefence.nriConfig: the NRI plugin's TOML configuration. Strings and string
 lists are written with toJson, whose escapes are valid in TOML basic strings.
+allowed_profiles is the union, in first-seen order, of policy.allowedProfiles
+and every namespace rule's allowedProfiles.
 */}}
 {{- define "kubefence.nriConfig" -}}
 {{- $classes := (include "kubefence.runtimeClasses" . | fromYaml).items }}
 {{- $handlers := list }}
 {{- range $classes }}
 {{- $handlers = append $handlers .handler }}
+{{- end }}
+{{- /* A namespace rule's allowedProfiles replaces the cluster list in its
+namespaces, but the plugin has one list for every pod: the union, so a
+profile allowed in one namespace is not rejected on the node. The webhook
+enforces the per-namespace lists on CREATE and the annotation guard keeps
+them from changing afterwards. */}}
+{{- $profiles := .Values.policy.allowedProfiles }}
+{{- range .Values.policy.namespaces }}
+{{- $profiles = concat $profiles (.allowedProfiles | default list) }}
 {{- end -}}
 # kubefence NRI plugin configuration, rendered by the Helm chart.
 socket_path = {{ .Values.nri.socketPath | toJson }}
@@ -206,16 +217,16 @@ plugin_name = {{ .Values.nri.pluginName | toJson }}
 plugin_index = {{ .Values.nri.pluginIndex | toJson }}
 runtime_handlers = {{ $handlers | uniq | toJson }}
 default_profile = {{ .Values.policy.defaultProfile | toJson }}
-allowed_profiles = {{ .Values.policy.allowedProfiles | toJson }}
+allowed_profiles = {{ $profiles | uniq | toJson }}
 on_missing_profile = {{ .Values.nri.onMissingProfile | toJson }}
 nono_host_dir = {{ .Values.hostDir | toJson }}
 state_dir = {{ .Values.nri.stateDir | toJson }}
 {{- if .Values.nri.seccompProfile }}
 seccomp_profile = {{ .Values.nri.seccompProfile | toJson }}
 {{- end }}
-{{- if .Values.nri.validator }}
 validator = {{ .Values.nri.validator | toJson }}
-{{- end }}
+{{- /* node-setup installs the hook script next to nono, which it skips for image volumes. */}}
+verify_hook = {{ and .Values.nri.verifyHook (ne .Values.nonoVolume.type "image") | toJson }}
 metrics_address = {{ printf "0.0.0.0:%d" (int .Values.nri.metricsPort) | toJson }}
 {{- end }}
 
@@ -251,4 +262,13 @@ that RE2 treats specially.
 {{- $terms = append $terms (printf "request.namespace in [%s]" (join ", " $exact)) }}
 {{- end }}
 {{- join " || " $terms }}
+{{- end }}
+
+{{/*
+kubefence.annotationGuardName: the cluster-scoped ValidatingAdmissionPolicy
+and its binding, with the release namespace so that releases in different
+namespaces do not collide.
+*/}}
+{{- define "kubefence.annotationGuardName" -}}
+{{- printf "%s-annotation-guard" (include "kubefence.webhookConfigName" .) | trunc 253 | trimSuffix "-" }}
 {{- end }}
