@@ -18,6 +18,7 @@ import gc
 import ipaddress
 import math
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -182,6 +183,7 @@ class WebhookServer:
         self.settings = settings
         self.log = get_logger("kubefence.webhook.server")
         self.state = WebhookState(own_namespace=settings.namespace)
+        self.temporary_dir: str | None = None
 
         # 1. Policy: a bad file at start is fatal, because there is no last good one.
         self.policy_watcher: PolicyWatcher | None = None
@@ -198,6 +200,9 @@ class WebhookServer:
             check_tls_files(self.tls.cert_file, self.tls.key_file)
         else:
             self.tls = generate_self_signed(settings.self_signed_dir, settings.host)
+            if settings.self_signed_dir is None:
+                # A temporary directory holding a private key: removed on exit.
+                self.temporary_dir = os.path.dirname(self.tls.key_file)
             self.log.warning(
                 "no certificate given; generated a self-signed pair for local use",
                 ca_file=self.tls.ca_file,
@@ -321,5 +326,9 @@ def run(settings: ServeSettings) -> None:
     tune_garbage_collector()
     # uvicorn's choice of event loop (uvloop when installed).
     loop_factory = server.config.get_loop_factory() if hasattr(server.config, "get_loop_factory") else None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(server.serve())
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(server.serve())
+    finally:
+        if server.temporary_dir is not None:
+            shutil.rmtree(server.temporary_dir, ignore_errors=True)

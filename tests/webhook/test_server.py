@@ -425,8 +425,9 @@ def test_server_self_signed_ca_in_log(tmp_path):
     finally:
         child.terminate()
         child.wait(timeout=30)
-    # SIGTERM is a clean stop.
+    # SIGTERM is a clean stop, and the generated private key goes with it.
     assert child.returncode == 0
+    assert not os.path.exists(os.path.dirname(line["ca_file"]))
 
 
 def test_server_ssl_context_is_uvicorn_config(tls_material, tmp_path):
