@@ -12,6 +12,7 @@ Lower-case `nono_*` names are allowed: nono reads the upper-case names
 only, and environment names are case-sensitive.
 """
 
+import re
 from collections.abc import Iterable
 
 PROFILE_ENV = "NONO_PROFILE"
@@ -23,11 +24,20 @@ LOADER_ENV_PREFIX = "LD_"
 LOADER_ENV_NAMES = ("GLIBC_TUNABLES",)
 
 
+# The same rule as one expression, because the webhook applies it to every
+# env entry of a pod, which can be thousands.
+_FORBIDDEN_ENV_NAME = re.compile(
+    rf"{NONO_ENV_PREFIX}(?!{PROFILE_ENV[len(NONO_ENV_PREFIX):]}\Z)|{LOADER_ENV_PREFIX}"
+    + "".join(rf"|{re.escape(name)}\Z" for name in LOADER_ENV_NAMES)
+)
+
+
 def is_forbidden_env_name(name: str) -> bool:
-    """True for a variable name that a nono-wrapped container must not set at all."""
-    if name.startswith(NONO_ENV_PREFIX) and name != PROFILE_ENV:
-        return True
-    return name.startswith(LOADER_ENV_PREFIX) or name in LOADER_ENV_NAMES
+    """True for a variable name that a nono-wrapped container must not set at all.
+
+    That is `NONO_*` other than `NONO_PROFILE`, `LD_*`, and `GLIBC_TUNABLES`.
+    """
+    return _FORBIDDEN_ENV_NAME.match(name) is not None
 
 
 def env_name_problems(names: Iterable[str]) -> list[str]:

@@ -292,6 +292,10 @@ def _read_container(container: Any, where: str) -> _Denied | None:
             _string(mount.get("name"), f"{at}.name")
             _string(mount.get(path_key), f"{at}.{path_key}")
     for number, variable in enumerate(_list(container.get("env"), f"{where}.env")):
+        # A pod may carry thousands of env entries: build the location only
+        # for an entry that fails.
+        if type(variable) is dict and isinstance(variable.get("name"), (str, type(None))):
+            continue
         at = f"{where}.env[{number}]"
         _mapping(variable, at, required=True)
         _string(variable.get("name"), f"{at}.name")
