@@ -33,7 +33,7 @@ _FORBIDDEN_ENV_NAME = re.compile(
 
 
 def is_forbidden_env_name(name: str) -> bool:
-    """True for a variable name that a nono-wrapped container must not set at all.
+    """Return True for a variable name that a nono-wrapped container must not set at all.
 
     That is `NONO_*` other than `NONO_PROFILE`, `LD_*`, and `GLIBC_TUNABLES`.
     """
