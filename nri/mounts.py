@@ -36,12 +36,12 @@ def is_at_or_below_nono(destination: str) -> bool:
 
 
 def is_read_only(mount: Mount) -> bool:
-    """Whether the mount options make it read-only ("ro" present, "rw" absent)."""
+    """Return whether the mount options make it read-only ("ro" present, "rw" absent)."""
     return "ro" in mount.options and "rw" not in mount.options
 
 
 def is_trusted_source(mount: Mount, host_dir: str) -> bool:
-    """Whether `mount` is a bind mount of `host_dir` (compared after cleaning)."""
+    """Return whether `mount` is a bind mount of `host_dir` (compared after cleaning)."""
     is_bind = mount.type == "bind" or (
         mount.type in ("", "none") and ("bind" in mount.options or "rbind" in mount.options)
     )
@@ -64,7 +64,7 @@ class NonoMountCheck:
 
     @property
     def is_ok(self) -> bool:
-        """Whether the container has exactly one trusted, read-only /nono and nothing below it."""
+        """True when the container has exactly one trusted, read-only /nono and nothing below it."""
         return not self.problems and self.trusted is not None and is_read_only(self.trusted)
 
 

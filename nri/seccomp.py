@@ -116,7 +116,7 @@ def _is_unconditional_deny(rule: Mapping[str, Any]) -> bool:
 
 
 def denies(policy: Mapping[str, Any] | None, names: tuple[str, ...]) -> bool:
-    """Whether `policy` denies every syscall in `names` unconditionally (by rule, not by default)."""
+    """Return whether `policy` denies every syscall in `names` unconditionally (by rule, not by default)."""
     if not policy:
         return False
     denied: set[str] = set()
@@ -157,7 +157,7 @@ def seccomp_adjustment(mode: str, current: Mapping[str, Any] | None) -> dict[str
 
 
 def satisfies(mode: str, policy: Mapping[str, Any] | None) -> bool:
-    """Whether `policy` meets the `seccomp_profile` mode (checked on the final container)."""
+    """Return whether `policy` meets the `seccomp_profile` mode (checked on the final container)."""
     if mode == "":
         return True
     if mode == "runtime-default":

@@ -15,8 +15,9 @@ from kubefence.nri.config import PluginConfig
 from kubefence.nri.plugin import BASE_EVENTS, Plugin
 from kubefence.nri.ttrpc import Connection, RequestReceived
 
-# The pods in session 2 carry no profile annotation; the Go stub fell back
-# to "default" there, which our plugin does with on_missing_profile = "default".
+# The pods in the large-message capture (session2-large-*) carry no profile
+# annotation. The Go stub fell back to "default" there, which our plugin
+# does with on_missing_profile = "default".
 CONFIGS = {
     "session1": PluginConfig(runtime_handlers=("nono-runc",), allowed_profiles=("default", "strict")),
     "session2-large": PluginConfig(
@@ -44,7 +45,8 @@ def replay(session):
 
 
 def reply_of(frame: bytes) -> ttrpc_pb2.Response:
-    # Every reply here fits one frame of at most 4096 bytes except session 2's create.
+    # Every reply here fits one frame of at most 4096 bytes, except the
+    # CreateContainer reply of the large-message capture.
     body = b""
     position = 0
     while position < len(frame):

@@ -41,7 +41,12 @@ def full_pod() -> dict:
 
 def paths(value, prefix=()):
     """Yield the path of every member and item inside `value`."""
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        items = ()
     for key, item in items:
         yield (*prefix, key)
         yield from paths(item, (*prefix, key))
